@@ -1,0 +1,1 @@
+"""audio-orchestrator services: one package per fleet member, plus `common`."""

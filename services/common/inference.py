@@ -1,0 +1,149 @@
+"""Blocking inference off the event loop, with bounded concurrency and a bounded queue.
+
+``runner.run(fn, *args)`` runs ``fn`` in the runner's own thread pool (``max_concurrency`` threads).
+At most ``max_concurrency + max_queue`` calls may be admitted (running or waiting); one more is refused
+at once with `BusyError` (503 + Retry-After estimated from recent latency). A waiter whose request
+deadline passes before it gets a slot is refused the same way.
+
+A slot is released only when the worker thread is really done, even if the awaiting request was
+cancelled (client went away): a timeout never stops a thread, so only this accounting keeps the number
+of busy threads and queued calls bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from services.common import context, metrics
+from services.common.errors import BusyError
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class InferenceRunner:
+    def __init__(self, engine: str, *, max_concurrency: int = 1, max_queue: int = 8) -> None:
+        if max_concurrency < 1 or max_queue < 0:
+            raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
+        self.engine = engine
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"infer-{engine}")
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._admitted = 0
+        self._avg_s = 1.0  # moving average of one call, for Retry-After
+
+    @classmethod
+    def from_settings(cls, engine: str, settings: Any) -> InferenceRunner:
+        return cls(engine, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue)
+
+    @property
+    def admitted(self) -> int:
+        """Calls running or waiting right now."""
+        return self._admitted
+
+    def _retry_after_s(self) -> float:
+        waves = math.ceil((self._admitted + 1) / self.max_concurrency)
+        return max(1.0, waves * self._avg_s)
+
+    def _gauge(self) -> None:
+        metrics.INFERENCE_QUEUE.labels(metrics.service(), self.engine).set(self._admitted)
+
+    async def _admit(self) -> None:
+        """Take a queue place, then wait for a slot within the request's deadline."""
+        if self._admitted >= self.max_concurrency + self.max_queue:
+            metrics.REJECTED.labels(metrics.service(), self.engine).inc()
+            raise BusyError(
+                f"{self.engine} is busy ({self._admitted} calls admitted, limit "
+                f"{self.max_concurrency + self.max_queue}); retry later",
+                retry_after_s=self._retry_after_s(),
+            )
+        self._admitted += 1
+        self._gauge()
+        deadline = context.get_deadline()
+        try:
+            if deadline is None:
+                await self._slots.acquire()
+            else:
+                await asyncio.wait_for(self._slots.acquire(), timeout=deadline.remaining())
+        except TimeoutError:
+            self._leave(slot=False)
+            metrics.REJECTED.labels(metrics.service(), self.engine).inc()
+            raise BusyError(
+                f"{self.engine} had no free slot before the request's deadline; retry later",
+                retry_after_s=self._retry_after_s(),
+            ) from None
+        except BaseException:
+            self._leave(slot=False)
+            raise
+
+    def _leave(self, *, slot: bool) -> None:
+        if slot:
+            self._slots.release()
+        self._admitted -= 1
+        self._gauge()
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()  # correlation id reaches log records from the thread
+        return loop.run_in_executor(self._executor, ctx.run, fn, *args)
+
+    def _observe(self, operation: str, seconds: float) -> None:
+        self._avg_s = 0.8 * self._avg_s + 0.2 * seconds
+        metrics.INFERENCE_DURATION.labels(metrics.service(), self.engine, operation).observe(seconds)
+
+    async def _await_step(self, fut: asyncio.Future[T]) -> T:
+        # shield: a cancelled caller must not mark the step done while its thread still runs
+        return await asyncio.shield(fut)
+
+    def _release_when_done(self, fut: asyncio.Future[Any] | None) -> None:
+        if fut is None or fut.done():
+            self._leave(slot=True)
+        else:
+            fut.add_done_callback(lambda _f: self._leave(slot=True))
+
+    async def run(self, fn: Callable[..., T], *args: Any, operation: str = "infer", **kwargs: Any) -> T:
+        """Run one blocking call; raises BusyError when overloaded."""
+        await self._admit()
+        fut: asyncio.Future[T] | None = None
+        try:
+            start = time.perf_counter()
+            fut = self._submit(functools.partial(fn, *args, **kwargs))
+            result = await self._await_step(fut)
+            self._observe(operation, time.perf_counter() - start)
+            return result
+        finally:
+            self._release_when_done(fut)
+
+    async def iterate(
+        self, make_iter: Callable[..., Iterator[T]], *args: Any, operation: str = "stream", **kwargs: Any
+    ) -> AsyncIterator[T]:
+        """Advance a blocking generator one item at a time off the loop, holding one slot throughout.
+
+        ``make_iter(*args, **kwargs)`` is called in the worker thread too (it may load or prepare).
+        """
+        await self._admit()
+        fut: asyncio.Future[Any] | None = None
+        try:
+            start = time.perf_counter()
+            fut = self._submit(functools.partial(make_iter, *args, **kwargs))
+            iterator = await self._await_step(fut)
+            while True:
+                fut = self._submit(next, iterator, _DONE)
+                item = await self._await_step(fut)
+                if item is _DONE:
+                    break
+                yield item
+            self._observe(operation, time.perf_counter() - start)
+        finally:
+            self._release_when_done(fut)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

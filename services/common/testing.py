@@ -1,0 +1,43 @@
+"""Test helpers shared by the services' test suites."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+
+@contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", *, start_timeout_s: float = 10.0) -> Iterator[str]:
+    """Run a real uvicorn server for ``app`` on a free port in a background thread; yield its base URL.
+
+    The socket is bound before uvicorn starts (port 0), so there is no race for the port. On exit the
+    server is asked to stop (``should_exit``), requests still running get at most one second, and the
+    thread is joined.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    try:
+        give_up = time.monotonic() + start_timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > give_up:
+                raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+            time.sleep(0.01)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout_s)
+        sock.close()

@@ -1,0 +1,138 @@
+"""The bounded inference runner: off the loop, bounded, 503 on overload, honest slot accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from services.common import context, metrics
+from services.common.errors import BusyError
+from services.common.inference import InferenceRunner
+
+
+async def test_blocking_call_does_not_block_the_loop():
+    runner = InferenceRunner("t-loop")
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    t = asyncio.create_task(ticker())
+    result = await runner.run(lambda: (time.sleep(0.3), "done")[1])
+    t.cancel()
+    assert result == "done"
+    assert ticks >= 10  # the loop kept running while the thread slept
+
+
+async def test_concurrency_is_bounded():
+    runner = InferenceRunner("t-bound", max_concurrency=2, max_queue=10)
+    lock = threading.Lock()
+    running = peak = 0
+
+    def work():
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    await asyncio.gather(*(runner.run(work) for _ in range(8)))
+    assert peak == 2
+
+
+async def test_full_queue_is_refused_with_retry_after():
+    runner = InferenceRunner("t-full", max_concurrency=1, max_queue=1)
+    gate = threading.Event()
+    before = REGISTRY.get_sample_value("engine_rejected_total", {"service": metrics.service(), "engine": "t-full"}) or 0
+    first = asyncio.create_task(runner.run(gate.wait))
+    second = asyncio.create_task(runner.run(gate.wait))
+    await asyncio.sleep(0.05)
+    assert runner.admitted == 2
+    with pytest.raises(BusyError) as info:
+        await runner.run(gate.wait)
+    assert info.value.http_status == 503
+    assert int(info.value.headers["Retry-After"]) >= 1
+    assert REGISTRY.get_sample_value("engine_rejected_total", {"service": metrics.service(), "engine": "t-full"}) == before + 1
+    gate.set()
+    await asyncio.gather(first, second)
+    assert runner.admitted == 0
+
+
+async def test_waiter_past_its_deadline_gets_busy():
+    runner = InferenceRunner("t-deadline", max_concurrency=1, max_queue=5)
+    gate = threading.Event()
+    holder = asyncio.create_task(runner.run(gate.wait))
+    await asyncio.sleep(0.02)
+    token = context.set_deadline(context.Deadline.after(0.1))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BusyError):
+            await runner.run(lambda: "never")
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        context.reset_deadline(token)
+    assert runner.admitted == 1  # the waiter left the queue
+    gate.set()
+    await holder
+
+
+async def test_cancelled_caller_keeps_slot_until_thread_ends():
+    runner = InferenceRunner("t-cancel", max_concurrency=1, max_queue=0)
+    gate = threading.Event()
+    task = asyncio.create_task(runner.run(gate.wait))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the thread still runs: a new call must still be refused
+    assert runner.admitted == 1
+    with pytest.raises(BusyError):
+        await runner.run(lambda: 1)
+    gate.set()
+    for _ in range(100):
+        if runner.admitted == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert runner.admitted == 0
+    assert await runner.run(lambda: 42) == 42
+
+
+async def test_iterate_yields_in_order_holds_one_slot_and_releases_on_break():
+    runner = InferenceRunner("t-iter", max_concurrency=1, max_queue=0)
+    threads = set()
+
+    def gen(n):
+        for i in range(n):
+            threads.add(threading.current_thread().name)
+            yield i
+
+    assert [x async for x in runner.iterate(gen, 4)] == [0, 1, 2, 3]
+    assert all(name.startswith("infer-t-iter") for name in threads)
+
+    agen = runner.iterate(gen, 100)
+    async for x in agen:
+        assert runner.admitted == 1
+        with pytest.raises(BusyError):
+            await runner.run(lambda: 0)
+        if x == 2:
+            break
+    await agen.aclose()
+    assert runner.admitted == 0
+
+
+async def test_correlation_id_reaches_the_worker_thread():
+    runner = InferenceRunner("t-cid")
+    token = context.set_correlation_id("cid-123")
+    try:
+        assert await runner.run(context.get_correlation_id) == "cid-123"
+    finally:
+        context.reset_correlation_id(token)
