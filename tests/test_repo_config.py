@@ -1,0 +1,173 @@
+"""The repository's configuration agrees with itself: compose files, Dockerfiles, Procfile, env files,
+settings classes, the README port table and the generated configuration catalog."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import validate_compose  # noqa: E402
+
+from services.common.settings import BaseServiceSettings  # noqa: E402
+
+
+def env_keys(path: Path) -> set[str]:
+    keys = set()
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keys.add(line.split("=", 1)[0].strip())
+    return keys
+
+
+def service_packages() -> dict[str, type[BaseServiceSettings]]:
+    out = {}
+    for path in sorted((ROOT / "services").glob("*/settings.py")):
+        if path.parent.name != "common":
+            out[path.parent.name] = importlib.import_module(f"services.{path.parent.name}.settings").Settings
+    return out
+
+
+def compose_services() -> dict[str, dict]:
+    problems: list[str] = []
+    services = {}
+    for f in validate_compose.COMPOSE_FILES:
+        services.update(validate_compose.load_compose(ROOT / f, problems))
+    assert not problems
+    return services
+
+
+# --- compose ------------------------------------------------------------------------------------------
+
+
+def test_compose_files_validate():
+    assert validate_compose.validate(ROOT) == []
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    dest = tmp_path / "repo"
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".git", ".run", "__pycache__", "*.egg-info",
+                                                              ".pytest_cache"))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "removed, expected",
+    [
+        ("services/tts/Dockerfile", "Dockerfile services/tts/Dockerfile does not exist"),
+        ("services/tts/.env.service", "env_file ./services/tts/.env.service does not exist"),
+        (".env.docker", "env_file ./.env.docker does not exist"),
+        ("scripts/health_check.py", "scripts/health_check.py, which does not exist"),
+        ("monitoring/prometheus.yml", "volume source ./monitoring/prometheus.yml does not exist"),
+        ("docker-compose.yml", "docker-compose.yml: file missing"),
+    ],
+)
+def test_validation_fails_when_a_referenced_file_is_removed(repo_copy, removed, expected):
+    assert validate_compose.validate(repo_copy) == []
+    (repo_copy / removed).unlink()
+    problems = validate_compose.validate(repo_copy)
+    assert any(expected in p for p in problems), problems
+
+
+def test_validation_catches_port_clash_missing_healthcheck_and_dangling_depends_on(repo_copy):
+    path = repo_copy / "docker-compose.yml"
+    doc = yaml.safe_load(path.read_text())
+    doc["services"]["prometheus"]["ports"] = ["7000:9090"]
+    del doc["services"]["prometheus"]["healthcheck"]
+    doc["services"]["tts"]["depends_on"] = {"nonexistent": {"condition": "service_healthy"}}
+    path.write_text(yaml.safe_dump(doc))
+    problems = "\n".join(validate_compose.validate(repo_copy))
+    assert re.search(r"host port 7000 used by (tts and prometheus|prometheus and tts)", problems)
+    assert "prometheus: no healthcheck" in problems
+    assert "tts depends_on nonexistent" in problems
+
+
+def test_validation_catches_a_root_dockerfile_and_wrong_procfile_port(repo_copy):
+    df = repo_copy / "services/tts/Dockerfile"
+    df.write_text(df.read_text().replace("USER app", "USER root"))
+    pf = repo_copy / "Procfile"
+    pf.write_text(pf.read_text().replace("PORT=7000", "PORT=7001"))
+    problems = "\n".join(validate_compose.validate(repo_copy))
+    assert "does not run as a non-root USER" in problems
+    assert "tts on PORT=7001 but its compose host port is 7000" in problems
+
+
+def test_cli_exit_code():
+    ok = subprocess.run([sys.executable, "scripts/validate_compose.py"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout
+
+
+def test_every_built_service_is_a_package_whose_default_port_is_its_host_port():
+    packages = service_packages()
+    for name, svc in compose_services().items():
+        if "build" not in svc:
+            continue
+        pkg = name.replace("-", "_")
+        assert pkg in packages, f"compose builds {name} but services/{pkg}/settings.py is missing"
+        host = int(str(svc["ports"][0]).split(":")[0])
+        settings = packages[pkg]
+        assert settings.service_name == name
+        assert settings.model_fields["port"].get_default() == host
+        assert (ROOT / "services" / pkg / "__main__.py").exists()
+
+
+# --- env files and settings ------------------------------------------------------------------------------
+
+
+def test_env_service_keys_are_exactly_the_service_settings():
+    base = set(BaseServiceSettings.model_fields)
+    for pkg, cls in service_packages().items():
+        own = {f.upper() for f in cls.model_fields if f not in base}
+        path = ROOT / "services" / pkg / ".env.service"
+        assert path.exists(), f"{pkg} has no .env.service"
+        assert env_keys(path) == own, f"services/{pkg}/.env.service does not match its Settings"
+
+
+def test_common_and_docker_env_keys_are_read_by_a_settings_class():
+    base = {f.upper() for f in BaseServiceSettings.model_fields}
+    everything = base | {f.upper() for cls in service_packages().values() for f in cls.model_fields}
+    assert env_keys(ROOT / ".env.common") <= base
+    assert env_keys(ROOT / ".env.docker") <= everything
+
+
+def test_env_files_load_into_valid_settings():
+    for cls in service_packages().values():
+        cls()  # reads .env.common + .env.service; raises on a bad value
+
+
+def test_configuration_catalog_is_current():
+    r = subprocess.run([sys.executable, "scripts/gen_config_docs.py", "--check"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    text = (ROOT / "docs/reference/configuration.md").read_text()
+    for cls in service_packages().values():
+        for field in cls.model_fields:
+            assert f"`{field.upper()}`" in text
+
+
+# --- README, CI -----------------------------------------------------------------------------------------------
+
+
+def test_readme_port_table_matches_compose():
+    readme = (ROOT / "README.md").read_text()
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| (\S+)(?: \(compose name\))? \|[^|]*\| (\d+:\d+) \|", readme, re.M)}
+    for name, svc in compose_services().items():
+        assert name in rows, f"README port table lacks {name}"
+        assert rows[name] == str(svc["ports"][0]), f"README says {name} {rows[name]}, compose {svc['ports'][0]}"
+    assert len(set(r.split(":")[0] for r in rows.values())) == len(rows), "README host ports clash"
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_make_test():
+    readme = (ROOT / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci/run").read_text()
