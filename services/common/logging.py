@@ -24,6 +24,7 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
         record.correlation_id = context.get_correlation_id()
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
         return True
 
 

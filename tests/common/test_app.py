@@ -10,13 +10,16 @@ import socket
 import threading
 
 import httpx
+import numpy as np
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, UploadFile, WebSocket
+from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, Field
 
 from services.common import context, metrics
 from services.common.app import Dependency, create_service_app
+from services.common.audio import AudioSegment, decode_audio, encode_wav
 from services.common.errors import EngineNotReadyError
 from services.common.inference import InferenceRunner
 from services.common.logging import configure_logging
@@ -80,6 +83,17 @@ def demo_router(runner: InferenceRunner | None = None, gate: threading.Event | N
     @r.get("/boom")
     async def boom():
         raise RuntimeError("secret internal detail")
+
+    @r.post("/decode")
+    async def decode(file: UploadFile):
+        seg = decode_audio(await file.read(), max_bytes=1_000_000, max_duration_s=5)
+        return {"rate": seg.sample_rate, "channels": seg.channels, "seconds": round(seg.duration_s, 3)}
+
+    @r.websocket("/ws")
+    async def ws(socket: WebSocket):
+        await socket.accept()
+        await socket.send_text("hello")
+        await socket.close()
 
     @r.post("/infer")
     async def infer():
@@ -145,6 +159,28 @@ async def test_unhandled_exception_is_500_without_leaking_details(client):
     assert err["correlation_id"]
 
 
+@pytest.mark.parametrize(
+    "payload, status, words",
+    [
+        (b"", 422, ["empty", "WAV"]),
+        (b"this is plainly not audio" * 20, 422, ["WAV, FLAC"]),
+        (encode_wav(AudioSegment(np.zeros((16000 * 6, 1), dtype=np.float32), 16000)), 422, ["limit"]),
+        (b"RIFF" + b"\x00" * 2_000_000, 413, ["1000000"]),
+    ],
+)
+async def test_malformed_audio_upload_is_a_4xx_with_a_message(client, payload, status, words):
+    r = await client.post("/decode", files={"file": ("x.wav", payload, "audio/wav")})
+    assert r.status_code == status, r.text
+    message = r.json()["error"]["message"]
+    assert all(w in message for w in words), message
+
+
+async def test_good_audio_upload_decodes(client):
+    stereo = AudioSegment(np.zeros((48000, 2), dtype=np.float32), 48000)
+    r = await client.post("/decode", files={"file": ("x.wav", encode_wav(stereo), "audio/wav")})
+    assert r.json() == {"rate": 48000, "channels": 2, "seconds": 1.0}
+
+
 # --- correlation id and deadline -------------------------------------------------------------------------
 
 
@@ -198,6 +234,19 @@ async def test_auth_rejects_missing_and_wrong_token_but_leaves_health_open():
     assert missing.headers["www-authenticate"] == "Bearer"
     assert right.status_code == 200
     assert live.status_code == 200 and scrape.status_code == 200
+
+
+def test_websocket_auth_closes_with_policy_violation():
+    from starlette.websockets import WebSocketDisconnect
+
+    app = make_app(settings={"service_auth_token": "s3cret"})
+    with TestClient(app) as tc:
+        with pytest.raises(WebSocketDisconnect) as info:
+            with tc.websocket_connect("/ws") as ws:
+                ws.receive_text()
+        assert info.value.code == 1008
+        with tc.websocket_connect("/ws", headers={"Authorization": "Bearer s3cret"}) as ws:
+            assert ws.receive_text() == "hello"
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
