@@ -128,16 +128,19 @@ class RequestContextMiddleware:
             return
         headers = Headers(scope=scope)
         cid = context.accept_correlation_id(headers.get(context.CORRELATION_HEADER))
-        deadline = context.Deadline.from_header(headers.get(context.DEADLINE_HEADER))
-        deadline = (deadline or context.Deadline.after(self.settings.request_timeout_s)).sooner(
-            self.settings.request_timeout_s
-        )
+        deadline = None
+        if scope["type"] == "http":  # a websocket is a session, not a request: no request deadline
+            deadline = context.Deadline.from_header(headers.get(context.DEADLINE_HEADER))
+            deadline = (deadline or context.Deadline.after(self.settings.request_timeout_s)).sooner(
+                self.settings.request_timeout_s
+            )
         cid_token = context.set_correlation_id(cid)
         dl_token = context.set_deadline(deadline)
         path = scope.get("path", "")
         try:
             if scope["type"] == "websocket":
                 if path not in OPEN_PATHS and not self._authorized(headers):
+                    # closing before accept: the handshake is refused (uvicorn answers HTTP 403)
                     await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
                     return
                 await self.app(scope, receive, send)

@@ -5,8 +5,10 @@ Every 4xx/5xx body is::
     {"error": {"message", "type", "param", "code", "retryable", "correlation_id"}}
 
 which is OpenAI's envelope (message/type/param/code) plus two fields of ours, so OpenAI clients
-read our errors and our own client (`services.common.http`) turns bodies back into these classes.
-Retry and fallback decisions read `retryable`, never message text.
+read our errors. Our own client (`services.common.http`) turns an error answer into
+`UpstreamFailedError` carrying the upstream's ``code`` (``upstream_code``), status and ``retryable``:
+a caller decides whether a downstream 4xx is its own caller's fault. Retry and fallback decisions read
+`retryable`, never message text.
 """
 
 from __future__ import annotations
@@ -161,24 +163,6 @@ class UpstreamFailedError(ServiceError):
         self.upstream_status = upstream_status
         self.upstream_code = upstream_code
 
-
-ERRORS_BY_CODE: dict[str, type[ServiceError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidRequestError,
-        InvalidAudioError,
-        PayloadTooLargeError,
-        UnauthorizedError,
-        NotFoundError,
-        GuardrailBlockedError,
-        EngineFailedError,
-        EngineNotReadyError,
-        BusyError,
-        RateLimitedError,
-        DeadlineExceededError,
-        UpstreamUnavailableError,
-    )
-}
 
 # Status codes worth retrying when a body does not say (LiveKit's rule: 4xx are final except these).
 RETRYABLE_STATUS = frozenset({408, 425, 429, 499, 502, 503, 504})

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from services.common import context, metrics
-from services.common.errors import BusyError
+from services.common.errors import BusyError, DeadlineExceededError
 
 T = TypeVar("T")
 _DONE = object()
@@ -65,9 +65,11 @@ class InferenceRunner:
                 f"{self.max_concurrency + self.max_queue}); retry later",
                 retry_after_s=self._retry_after_s(),
             )
+        deadline = context.get_deadline()
+        if deadline is not None and deadline.expired:
+            raise DeadlineExceededError(f"{self.engine}: the request's deadline had passed before inference")
         self._admitted += 1
         self._gauge()
-        deadline = context.get_deadline()
         try:
             if deadline is None:
                 await self._slots.acquire()
@@ -101,7 +103,14 @@ class InferenceRunner:
 
     async def _await_step(self, fut: asyncio.Future[T]) -> T:
         # shield: a cancelled caller must not mark the step done while its thread still runs
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code = getattr(exc, "code", "exception")
+            metrics.ENGINE_ERRORS.labels(metrics.service(), self.engine, code).inc()
+            raise
 
     def _release_when_done(self, fut: asyncio.Future[Any] | None) -> None:
         if fut is None or fut.done():

@@ -1,6 +1,6 @@
 """Structured logging: one JSON object per line with service, level, logger, message and correlation_id.
 
-`configure_logging(settings)` is called once by the app factory. The correlation id comes from the
+`configure_logging(service, level=..., json_logs=...)` is called once per process by `run_service`. The correlation id comes from the
 request context (`services.common.context`), so every record logged while serving a request carries
 the id the caller sent in ``X-Correlation-ID`` (or the one generated for it). Extra fields passed with
 ``logger.info("...", extra={"engine": "piper"})`` become JSON keys.

@@ -1,7 +1,8 @@
 """Every metric of the fleet, defined once. The app factory mounts /metrics and sets `service`.
 
 Names the plan's dashboard queries are kept exactly (`request_duration_seconds`,
-`service_health_status{component}`, `guardrail_blocks_total{reason}`, `guardrail_latency_seconds`).
+`service_health_status{component}`; guardrails adds `guardrail_blocks_total{reason}` and
+`guardrail_latency_seconds` here).
 Labels come from a small closed vocabulary; never ids, text, raw paths or exception strings.
 """
 
