@@ -447,7 +447,7 @@ class FallbackClient:
                 if not _worth_falling_back(exc):
                     raise
                 first = exc
-            reason = _fallback_reason(first)
+            reason = fallback_reason(first)
             log.warning(
                 "falling back",
                 extra={"target": self.primary.target, "fallback": self.fallback.target, "reason": reason},
@@ -469,7 +469,8 @@ def _worth_falling_back(exc: ServiceError) -> bool:
     return exc.retryable or status is None or status >= 500
 
 
-def _fallback_reason(exc: ServiceError) -> str:
+def fallback_reason(exc: ServiceError) -> str:
+    """The `reason` label of engine_fallbacks_total for a failure: circuit_open|unavailable|timeout|error."""
     if isinstance(exc, CircuitOpenError):
         return "circuit_open"
     if isinstance(exc, UpstreamUnavailableError):

@@ -3,6 +3,7 @@ kit decodes, the engine transcribes off the loop through the runner, the optiona
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Annotated, Any, Literal
 
@@ -11,9 +12,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.common import metrics
 from services.common.app import Dependency, create_service_app
-from services.common.audio import decode_audio
+from services.common.audio import AudioSegment, decode_audio
 from services.common.errors import EngineNotReadyError, InvalidRequestError, PayloadTooLargeError, ServiceError
-from services.common.http import ServiceClient
+from services.common.http import ServiceClient, fallback_reason
 from services.common.inference import InferenceRunner
 from services.stt.engine import SttEngine, Transcript, TranscriptionRequest, WhisperEngine, to_srt, to_vtt
 from services.stt.settings import Settings
@@ -55,33 +56,35 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
             raise PayloadTooLargeError(f"upload is over the limit of {limit} bytes", param="file")
         return data
 
-    async def denoise(data: bytes) -> tuple[bytes, bool]:
-        """Audio through audio-preprocessor /denoise when enabled; the raw audio when it is down, slow or
-        failing (counted in engine_fallbacks_total{engine_from="audio-preprocessor"})."""
+    async def denoise(raw: bytes, audio: AudioSegment) -> tuple[AudioSegment, bool]:
+        """Audio through audio-preprocessor /denoise when enabled; the raw audio when it is down, slow,
+        failing or answers with something unusable (counted in
+        engine_fallbacks_total{engine_from="audio-preprocessor", engine_to="raw-audio"})."""
         if preprocessor is None:
-            return data, False
+            return audio, False
         try:
-            r = await preprocessor.post("/denoise", files={"file": ("audio", data)},
+            r = await preprocessor.post("/denoise", files={"file": ("audio", raw)},
                                         timeout_s=settings.preprocessor_timeout_s)
-            return r.content, True
-        except ServiceError as exc:
-            reason = {"deadline_exceeded": "timeout", "upstream_unavailable": "unavailable"}.get(exc.code, "error")
+            return decode_audio(r.content, max_bytes=2 * settings.stt_max_upload_bytes + 1_000_000,
+                                max_duration_s=settings.stt_max_audio_s), True
+        except ServiceError as exc:  # unreachable, timeout, error answer, or audio that does not decode
+            reason = fallback_reason(exc) if not isinstance(exc, InvalidRequestError) else "error"
             metrics.FALLBACKS.labels(metrics.service(), "audio-preprocessor", RAW, reason).inc()
-            log.warning("preprocessing failed, transcribing raw audio: %s", exc.message)
-            return data, False
+            log.warning("preprocessing failed (%s), transcribing raw audio: %s", reason, exc.message)
+            return audio, False
 
-    async def transcribe(file: UploadFile, *, language: str | None, prompt: str | None,
-                         temperature: float | None, word_timestamps: bool) -> tuple[Transcript, bool]:
+    async def transcribe(file: UploadFile, *, language: str | None, prompt: str | None, temperature: float | None,
+                         word_timestamps: bool, beam_size: int | None = None) -> tuple[Transcript, bool]:
         if not engine.ready():
             raise EngineNotReadyError(f"{engine.name} is still loading its model; retry shortly", retry_after_s=2)
         raw = await read_upload(file)
         # decode first: bad input is a 4xx before any call to the preprocessor
-        decode_audio(raw, max_bytes=settings.stt_max_upload_bytes, max_duration_s=settings.stt_max_audio_s)
-        data, preprocessed = await denoise(raw)
-        audio = decode_audio(data, max_duration_s=settings.stt_max_audio_s)
+        audio = decode_audio(raw, max_bytes=settings.stt_max_upload_bytes, max_duration_s=settings.stt_max_audio_s)
         req = TranscriptionRequest(audio=audio, language=language or None, prompt=prompt or None,
-                                   temperature=temperature, word_timestamps=word_timestamps)
-        engine.validate(req)  # cheap checks on the loop, before queueing
+                                   temperature=temperature, word_timestamps=word_timestamps, beam_size=beam_size)
+        engine.validate(req)  # cheap checks on the loop, before the preprocessor and before queueing
+        audio, preprocessed = await denoise(raw, audio)
+        req = dataclasses.replace(req, audio=audio)
         result = await runner.run(engine.transcribe, req, operation="transcribe")
         labels = (metrics.service(), engine.name, "transcribe")
         metrics.AUDIO_SECONDS.labels(*labels).inc(result.duration_s)
@@ -95,8 +98,10 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
         audio: Annotated[UploadFile | None, File(description="Alias of `file` (the plan's field name).")] = None,
         language: Annotated[str | None, Form(description="ISO-639-1 code; empty = detect.")] = None,
         prompt: Annotated[str | None, Form(description="Text to condition the decoder (names, spelling).")] = None,
-        temperature: Annotated[float | None, Form(description="0..1; 0 = greedy.")] = None,
+        temperature: Annotated[float | None, Form(
+            description="0..1. Omitted or 0: whisper's fallback schedule (0, 0.2, ... 1.0); t > 0 samples at t.")] = None,
         word_timestamps: Annotated[bool, Form()] = False,
+        beam_size: Annotated[int | None, Form(description="1..10; default STT_BEAM_SIZE.")] = None,
     ) -> dict[str, Any]:
         """Transcribe one audio file. Returns text, language, duration, segments and processing time."""
         upload = file or audio
@@ -104,7 +109,7 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
             raise InvalidRequestError("send the audio as exactly one multipart field, `file` (or `audio`)",
                                       param="file")
         t, preprocessed = await transcribe(upload, language=language, prompt=prompt, temperature=temperature,
-                                           word_timestamps=word_timestamps)
+                                           word_timestamps=word_timestamps, beam_size=beam_size)
         return {"text": t.text, "language": t.language, "language_probability": t.language_probability,
                 "duration": round(t.duration_s, 3), "processing_time": round(t.processing_s, 3), "model": t.model,
                 "preprocessed": preprocessed, "segments": _segments_json(t, words=word_timestamps)}

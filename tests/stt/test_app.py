@@ -164,3 +164,27 @@ def test_preprocessing_is_used_and_falls_back_to_raw_audio(mode, reason):
         assert seen and seen[0] == CLIP.read_bytes()  # the preprocessor got the upload as sent
     if reason:
         assert fallbacks(reason) == before + 1
+
+
+def test_preprocessor_answering_garbage_falls_back_to_raw_audio():
+    app = FastAPI()
+
+    @app.post("/denoise")
+    async def denoise(file: UploadFile):
+        return Response(b"not audio at all", media_type="audio/wav")
+
+    with serve_in_thread(app) as pre_url:
+        settings = Settings(_env_file=None, enable_preprocessing=True, preprocessor_url=pre_url)
+        before = fallbacks("error")
+        with serve_in_thread(create_app(settings)) as url:
+            wait_ready(url)
+            r = post(url, CLIP.read_bytes())
+    assert r.status_code == 200 and r.json()["preprocessed"] is False
+    assert "pot of gold" in r.json()["text"].lower()
+    assert fallbacks("error") == before + 1
+
+
+def test_beam_size_is_honoured_and_range_checked(url):
+    assert post(url, CLIP.read_bytes(), beam_size="1").status_code == 200
+    r = post(url, CLIP.read_bytes(), beam_size="50")
+    assert r.status_code == 422 and "beam_size" in r.text
