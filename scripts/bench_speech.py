@@ -2,7 +2,7 @@
 """Speech benchmark: service real-time factor vs the same engine called in this process, and the tts time
 to first audio byte with streaming. Prints a markdown report; exit code 0.
 
-    .venv/bin/python scripts/bench_speech.py                       # both services in-process (real HTTP)
+    .venv/bin/python scripts/bench_speech.py                       # starts both services, each its own process
     .venv/bin/python scripts/bench_speech.py --repeats 5
     .venv/bin/python scripts/bench_speech.py --stt-url http://127.0.0.1:9000 --tts-url http://127.0.0.1:7000
 
@@ -12,6 +12,12 @@ decode, queue, thread hop, JSON / WAV out). Calls run one at a time, direct and 
 (A/B, B/A) so drift cancels; of --repeats rounds the one with the median overhead is reported.
 Overhead = service time / direct time - 1 (goal: <= 5 %). Piper runs with noise_scale = noise_w = 0,
 so both sides produce bit-identical audio of the same length.
+
+Caveats. (1) The services run as their own processes, as in `make run`: two CTranslate2 models in one
+process oversubscribe libgomp's threads on 2 CPUs and slow both (tens of %), which would distort the
+comparison. For the same reason the services load weights in a thread that exits
+(`services.common.inference.load_in_thread`). (2) Other processes on the machine add noise of several %
+per round: read the per-round and pooled figures too.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import argparse
 import asyncio
 import os
 import platform
+import socket
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -33,11 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.common.audio import decode_audio  # noqa: E402
-from services.common.testing import serve_in_thread  # noqa: E402
-from services.stt import app as stt_app  # noqa: E402
 from services.stt import engine as stt_engine  # noqa: E402
 from services.stt.settings import Settings as SttSettings  # noqa: E402
-from services.tts import app as tts_app  # noqa: E402
 from services.tts import engine as tts_engine  # noqa: E402
 from services.tts.settings import Settings as TtsSettings  # noqa: E402
 
@@ -53,6 +58,28 @@ TTS_TEXTS = [
 ]
 TTFB_TEXT = "The kettle is on. Dinner is at seven tonight. Please bring the blue umbrella."
 DETERMINISTIC = {"noise_scale": 0.0, "noise_w": 0.0}
+
+
+def spawn(stack: ExitStack, package: str) -> str:
+    """Start ``python -m services.<package>`` as its own process on a free port (as `make run` does)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", f"services.{package}"], cwd=ROOT,
+                            env={**os.environ, "PORT": str(port), "LOG_LEVEL": "WARNING"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+    return f"http://127.0.0.1:{port}"
+
+
+def http_floor(client: httpx.Client, base: str, n: int = 20) -> float:
+    """p50 of GET /health/live: what HTTP over loopback costs with no work behind it."""
+    def once() -> float:
+        t = time.perf_counter()
+        client.get(f"{base}/health/live").raise_for_status()
+        return time.perf_counter() - t
+
+    return p([once() for _ in range(n + 1)][1:], 50)
 
 
 def p(xs: list[float], q: float) -> float:
@@ -80,95 +107,96 @@ def median_round(rounds: list[dict]) -> dict:
     return sorted(rounds, key=lambda r: r["overhead"])[(len(rounds) - 1) // 2]
 
 
-def bench_stt(client: httpx.Client, base: str, engine, clips: list[tuple[str, bytes]], repeats: int) -> dict:
-    decoded = [decode_audio(data) for _, data in clips]
-    t0 = time.perf_counter()
-    for _ in range(5):
-        for _, data in clips:
-            decode_audio(data)
-    decode_s = (time.perf_counter() - t0) / 5  # one decode of every clip (the service decodes twice)
+def stt_alone(engine, decoded: list) -> float:
+    """Best of 2 passes (after a warm-up) of the direct engine over the clips, before any service starts."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for seg in decoded:
+            engine.transcribe(stt_engine.TranscriptionRequest(audio=seg))
+        times.append(time.perf_counter() - t)
+    return min(times[1:])
 
-    def direct(i: int) -> tuple[float, str]:
+
+def ab_rounds(n: int, direct, service, repeats: int) -> list[dict]:
+    """``direct(i)`` / ``service(i)`` -> (seconds, output, engine seconds or None), called one at a time in
+    alternating order (A/B on even items, B/A on odd, shifted each round) after one warm-up call each."""
+    direct(0), service(0)
+    rounds = []
+    for rep in range(repeats):
+        r: dict = {"direct": [], "service": [], "engine": [], "out": [], "mismatched": 0}
+        for i in range(n):
+            if (i + rep) % 2 == 0:
+                (dt, dout, _), (st, sout, eng) = direct(i), service(i)
+            else:
+                (st, sout, eng), (dt, dout, _) = service(i), direct(i)
+            r["direct"].append(dt), r["service"].append(st), r["engine"].append(eng), r["out"].append(dout)
+            r["mismatched"] += dout != sout
+        r["overhead"] = sum(r["service"]) / sum(r["direct"]) - 1
+        rounds.append(r)
+    return rounds
+
+
+def bench_stt(client: httpx.Client, base: str, engine, clips: list[tuple[str, bytes]], decoded: list,
+              repeats: int) -> list[dict]:
+    def direct(i: int) -> tuple[float, str, None]:
         t = time.perf_counter()
         text = engine.transcribe(stt_engine.TranscriptionRequest(audio=decoded[i])).text
-        return time.perf_counter() - t, text
+        return time.perf_counter() - t, text, None
 
     def service(i: int) -> tuple[float, str, float]:
-        name, data = clips[i]
         t = time.perf_counter()
-        r = client.post(f"{base}/transcribe", files={"file": (name, data, "audio/wav")})
+        r = client.post(f"{base}/transcribe", files={"file": (clips[i][0], clips[i][1], "audio/wav")})
         dt = time.perf_counter() - t
         r.raise_for_status()
-        body = r.json()
-        return dt, body["text"], body["processing_time"]
+        return dt, r.json()["text"], r.json()["processing_time"]
 
-    direct(0), service(0)  # warm-up both paths
-    rounds = []
-    for rep in range(repeats):
-        d, s, proc, mismatched = [], [], [], 0
-        for i in range(len(clips)):
-            if (i + rep) % 2 == 0:
-                (dt, dtext), (st, stext, pt) = direct(i), service(i)
-            else:
-                (st, stext, pt), (dt, dtext) = service(i), direct(i)
-            d.append(dt), s.append(st), proc.append(pt)
-            mismatched += dtext != stext
-        rounds.append({"direct": d, "service": s, "proc": proc, "mismatched": mismatched,
-                       "overhead": sum(s) / sum(d) - 1})
-    audio_s = sum(seg.duration_s for seg in decoded)
-    return {"rounds": rounds, "audio_s": audio_s, "decode_s": decode_s}
+    return ab_rounds(len(clips), direct, service, repeats)
 
 
-def bench_tts(client: httpx.Client, base: str, engine, repeats: int) -> dict:
-    def direct(text: str) -> tuple[float, int]:
+def bench_tts(client: httpx.Client, base: str, engine, repeats: int) -> list[dict]:
+    def direct(i: int) -> tuple[float, int, None]:
         t = time.perf_counter()
-        n = sum(len(a) for a in engine.synthesize_sentences(tts_engine.SynthesisRequest(text=text, **DETERMINISTIC)))
-        return time.perf_counter() - t, n
+        req = tts_engine.SynthesisRequest(text=TTS_TEXTS[i], **DETERMINISTIC)
+        frames = sum(len(a) for a in engine.synthesize_sentences(req))
+        return time.perf_counter() - t, frames, None
 
-    def service(text: str) -> tuple[float, int]:
-        t = time.perf_counter()
-        r = client.post(f"{base}/synthesize", json={"text": text, **DETERMINISTIC})  # streamed WAV, read whole
+    def service(i: int) -> tuple[float, int, None]:
+        t = time.perf_counter()  # default body: streamed WAV (44-byte header + int16), read to the end
+        r = client.post(f"{base}/synthesize", json={"text": TTS_TEXTS[i], **DETERMINISTIC})
         dt = time.perf_counter() - t
         r.raise_for_status()
-        return dt, (len(r.content) - 44) // 2
+        return dt, (len(r.content) - 44) // 2, None
 
-    direct(TTS_TEXTS[0]), service(TTS_TEXTS[0])
-    rounds = []
-    for rep in range(repeats):
-        d, s, mismatched, frames = [], [], 0, 0
-        for i, text in enumerate(TTS_TEXTS):
-            if (i + rep) % 2 == 0:
-                (dt, dn), (st, sn) = direct(text), service(text)
-            else:
-                (st, sn), (dt, dn) = service(text), direct(text)
-            d.append(dt), s.append(st)
-            mismatched += dn != sn
-            frames += dn
-        rounds.append({"direct": d, "service": s, "mismatched": mismatched, "frames": frames,
-                       "overhead": sum(s) / sum(d) - 1})
-    return {"rounds": rounds, "rate": engine.sample_rate_for(None)}
+    return ab_rounds(len(TTS_TEXTS), direct, service, repeats)
 
 
 def bench_ttfb(client: httpx.Client, base: str, engine, n: int) -> dict:
     out: dict[str, list[float]] = {"d_first": [], "d_all": [], "s_first": [], "s_all": []}
     req = tts_engine.SynthesisRequest(text=TTFB_TEXT, **DETERMINISTIC)
     body = {"text": TTFB_TEXT, "format": "pcm", **DETERMINISTIC}  # raw PCM: every body byte is audio
-    for i in range(n + 1):  # the first one is a warm-up
+    def direct() -> tuple[float, float]:
         t = time.perf_counter()
         it = engine.synthesize_sentences(req)
         next(it)
-        d_first = time.perf_counter() - t
-        for _ in it:
-            pass
-        d_all = time.perf_counter() - t
-        t = time.perf_counter()
-        s_first = None
+        first = time.perf_counter() - t
+        list(it)
+        return first, time.perf_counter() - t
+
+    def service() -> tuple[float, float]:
+        t, first = time.perf_counter(), None
         with client.stream("POST", f"{base}/synthesize", json=body) as r:
             r.raise_for_status()
             for chunk in r.iter_raw():
-                if chunk and s_first is None:
-                    s_first = time.perf_counter() - t
-        s_all = time.perf_counter() - t
+                if chunk and first is None:
+                    first = time.perf_counter() - t
+        return first, time.perf_counter() - t
+
+    for i in range(n + 1):  # the first pair is a warm-up; the order alternates
+        if i % 2:
+            (d_first, d_all), (s_first, s_all) = direct(), service()
+        else:
+            (s_first, s_all), (d_first, d_all) = service(), direct()
         if i:
             for key, v in zip(out, (d_first, d_all, s_first, s_all)):
                 out[key].append(v)
@@ -196,17 +224,24 @@ def main(argv: list[str] | None = None) -> int:
     stt_direct, tts_direct = stt_engine.WhisperEngine(stt_settings), tts_engine.PiperEngine(tts_settings)
     asyncio.run(stt_direct.start())
     asyncio.run(tts_direct.start())
+    decoded = [decode_audio(data) for _, data in clips]
+    t = time.perf_counter()
+    for _, data in clips:
+        decode_audio(data)
+    decode_s = time.perf_counter() - t
+    alone_s = stt_alone(stt_direct, decoded)
     token = stt_settings.secret_token() or tts_settings.secret_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with ExitStack() as stack, httpx.Client(timeout=120, headers=headers) as client:
-        stt_url = args.stt_url or stack.enter_context(serve_in_thread(stt_app.create_app(stt_settings)))
-        tts_url = args.tts_url or stack.enter_context(serve_in_thread(tts_app.create_app(tts_settings)))
+        stt_url = args.stt_url or spawn(stack, "stt")
+        tts_url = args.tts_url or spawn(stack, "tts")
         stt_url, tts_url = stt_url.rstrip("/"), tts_url.rstrip("/")
         wait_ready(client, stt_url), wait_ready(client, tts_url)
-        stt = bench_stt(client, stt_url, stt_direct, clips, args.repeats)
+        floor = http_floor(client, stt_url), http_floor(client, tts_url)
+        stt = bench_stt(client, stt_url, stt_direct, clips, decoded, args.repeats)
         tts = bench_tts(client, tts_url, tts_direct, args.repeats)
         ttfb = bench_ttfb(client, tts_url, tts_direct, args.ttfb_runs)
-    elapsed = time.perf_counter() - started
+    elapsed, tts_rate = time.perf_counter() - started, tts_direct.sample_rate_for(None)
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
@@ -216,33 +251,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- stt: faster-whisper {version('faster-whisper')} / ctranslate2 {version('ctranslate2')}, model "
           f"{stt_direct.model_name} on {stt_direct.device}/{stt_direct.compute_type}, beam "
           f"{stt_settings.stt_beam_size}, vad {stt_settings.stt_vad_filter}, cpu_threads "
-          f"{stt_settings.stt_cpu_threads or 'default'}; service {args.stt_url or 'in-process ' + stt_url}")
+          f"{stt_settings.stt_cpu_threads or 'default'}; service {args.stt_url or 'own process ' + stt_url}")
     print(f"- tts: piper-tts {version('piper-tts')} / onnxruntime {version('onnxruntime')}, voice "
-          f"{tts_direct.default_voice} ({tts['rate']} Hz), noise_scale=noise_w=0; service "
-          f"{args.tts_url or 'in-process ' + tts_url}")
+          f"{tts_direct.default_voice} ({tts_rate} Hz), noise_scale=noise_w=0; service "
+          f"{args.tts_url or 'own process ' + tts_url}")
+    print(f"- HTTP floor (GET /health/live p50): stt {ms(floor[0])}, tts {ms(floor[1])}")
     print(f"- rounds: {args.repeats} (reported: the median-overhead round); total run {elapsed:.0f} s\n")
 
     print("## Real-time factor (processing time / audio time; lower is faster)\n")
     print("| benchmark | audio | direct RTF | service RTF | overhead | p50 direct | p50 service | p50 extra/call |"
           " overhead per round | outputs differ |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    rows = [("stt /transcribe", stt["rounds"], stt["audio_s"], f"{len(clips)} clips"),
-            ("tts /synthesize", tts["rounds"], tts["rounds"][0]["frames"] / tts["rate"], f"{len(TTS_TEXTS)} texts")]
+    stt_audio_s = sum(seg.duration_s for seg in decoded)
+    rows = [("stt /transcribe", stt, stt_audio_s, f"{len(clips)} clips"),
+            ("tts /synthesize", tts, sum(tts[0]["out"]) / tts_rate, f"{len(TTS_TEXTS)} texts")]
     for name, rounds, audio_s, what in rows:
         r = median_round(rounds)
         extra = [s - d for s, d in zip(r["service"], r["direct"])]
-        per_round = ", ".join(f"{x['overhead'] * 100:+.1f}%" for x in rounds)
+        pooled = sum(sum(x["service"]) for x in rounds) / sum(sum(x["direct"]) for x in rounds) - 1
+        per_round = ", ".join(f"{x['overhead'] * 100:+.1f}%" for x in rounds) + f" (pooled {pooled * 100:+.1f}%)"
         print(f"| {name} | {what}, {audio_s:.1f} s | {sum(r['direct']) / audio_s:.3f} | "
               f"{sum(r['service']) / audio_s:.3f} | **{r['overhead'] * 100:+.1f} %** | {ms(p(r['direct'], 50))} | "
               f"{ms(p(r['service'], 50))} | {ms(p(extra, 50))} | {per_round} | {r['mismatched']} |")
-    r = median_round(stt["rounds"])
-    in_engine = sum(r["proc"])
+    r = median_round(stt)
+    in_engine = sum(r["engine"])
     print(f"\nstt split of the median round: service wall {sum(r['service']):.3f} s = engine time reported by "
           f"the service {in_engine:.3f} s + {sum(r['service']) - in_engine:.3f} s outside the engine (HTTP, "
           f"multipart, 2x decode_audio, queue, thread hop, JSON); direct engine {sum(r['direct']):.3f} s. "
-          f"One decode_audio of all {len(clips)} clips: {ms(stt['decode_s'])}.")
+          f"One decode_audio of all {len(clips)} clips: {ms(decode_s)}.")
+    alone_rtf, with_rtf = alone_s / stt_audio_s, sum(r["direct"]) / stt_audio_s
+    print(f"stt direct engine alone, before the services started in this process: RTF {alone_rtf:.3f}; during "
+          f"the rounds: {with_rtf:.3f} ({(with_rtf / alone_rtf - 1) * 100:+.1f} %). A large rise means the "
+          "in-process services slow every CTranslate2 model in the process (see the module doc).")
     print("Goal: overhead <= 5 %: stt " + ("met" if r["overhead"] <= 0.05 else "NOT met") + ", tts "
-          + ("met" if median_round(tts["rounds"])["overhead"] <= 0.05 else "NOT met") + ".\n")
+          + ("met" if median_round(tts)["overhead"] <= 0.05 else "NOT met") + ".\n")
 
     print(f"## tts time to first audio byte, streaming ({args.ttfb_runs} runs, format=pcm)\n")
     print(f"Text (3 sentences): \"{TTFB_TEXT}\"\n")
@@ -253,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {ms(p(first, 50))} | {ms(p(first, 95))} | {ms(p(whole, 50))} | {ms(p(whole, 95))} | "
               f"{p(first, 50) / p(whole, 50):.2f} |")
     print(f"\nService first byte - direct first sentence (p50): {ms(p(ttfb['s_first'], 50) - p(ttfb['d_first'], 50))}.")
-    print("\nReproduce: `.venv/bin/python scripts/bench_speech.py` (in-process services), or `make run` then "
+    print("\nReproduce: `.venv/bin/python scripts/bench_speech.py` (starts both services as their own processes), or `make run` then "
           "`.venv/bin/python scripts/bench_speech.py --stt-url http://127.0.0.1:9000 --tts-url http://127.0.0.1:7000`.")
     return 0
 

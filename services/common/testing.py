@@ -20,7 +20,9 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", *, start_timeout_s: float
     server is asked to stop (``should_exit``), requests still running get at most one second, and the
     thread is joined.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it every
+    # response waits ~40 ms for Nagle + delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]

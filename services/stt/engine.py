@@ -23,7 +23,6 @@ faster-whisper facts this module relies on (faster-whisper 1.2, CTranslate2 4.x)
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from services.common.audio import AudioSegment
+from services.common.inference import load_in_thread
 from services.common.errors import (
     EngineFailedError,
     EngineNotReadyError,
@@ -440,7 +440,7 @@ class WhisperEngine:
 
     async def start(self) -> None:
         self._closed = False
-        model = await asyncio.to_thread(self._load)
+        model = await load_in_thread(self._load)
         if not self._closed:
             self._model = model
 

@@ -26,7 +26,6 @@ Piper facts this module relies on (piper-tts 1.8):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidRequestError
+from services.common.inference import load_in_thread
 from services.tts.settings import Settings
 
 if TYPE_CHECKING:
@@ -423,7 +423,7 @@ class PiperEngine:
 
     async def start(self) -> None:
         self._closed = False
-        await asyncio.to_thread(self._voice, self.default_voice)
+        await load_in_thread(self._voice, self.default_voice)
         self._ready = True
 
     def ready(self) -> bool:

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from services.common import context, metrics
 from services.common.errors import BusyError
-from services.common.inference import InferenceRunner
+from services.common.inference import InferenceRunner, load_in_thread
 
 
 async def test_blocking_call_does_not_block_the_loop():
@@ -136,3 +136,18 @@ async def test_correlation_id_reaches_the_worker_thread():
         assert await runner.run(context.get_correlation_id) == "cid-123"
     finally:
         context.reset_correlation_id(token)
+
+
+async def test_load_in_thread_returns_raises_and_leaves_no_thread_behind():
+    def load(x):
+        return threading.current_thread().name, x * 2
+
+    name, value = await load_in_thread(load, 21)
+    assert value == 42 and name.startswith("load-")
+    assert not any(t.name == name for t in threading.enumerate())  # the loading thread has exited
+
+    def broken():
+        raise FileNotFoundError("no weights")
+
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        await load_in_thread(broken)
