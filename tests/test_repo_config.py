@@ -18,15 +18,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import validate_compose  # noqa: E402
 
 from services.common.settings import BaseServiceSettings  # noqa: E402
+from services.common.testing import read_env_file  # noqa: E402
 
 
 def env_keys(path: Path) -> set[str]:
-    keys = set()
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keys.add(line.split("=", 1)[0].strip())
-    return keys
+    return set(read_env_file(path))
 
 
 def service_packages() -> dict[str, type[BaseServiceSettings]]:

@@ -36,6 +36,10 @@ class BaseServiceSettings(BaseSettings):
         extra="ignore",
         use_attribute_docstrings=True,
         validate_default=True,
+        # `KEY=` (empty) in an env file or the environment means "not set": None for optional fields
+        # (a directory, a token), a clear validation error for required ones. Never the empty string,
+        # which a Path would read as the current directory.
+        env_parse_none_str="",
     )
 
     service_name: ClassVar[str] = "service"

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -43,3 +44,14 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", *, start_timeout_s: float
         server.should_exit = True
         thread.join(timeout=start_timeout_s)
         sock.close()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` pairs of an env file (.env.common, .env.docker, .env.service); comments skipped."""
+    pairs = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs

