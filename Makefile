@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras installed for the local fleet and the tests; each service adds its own extra in pyproject.toml.
-EXTRAS ?= dev,tts,stt
+EXTRAS ?= dev,tts,stt,preprocess
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
@@ -19,6 +19,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e ".[$(EXTRAS)]"
+	$(if $(findstring preprocess,$(EXTRAS)),$(PIP) --no-deps speechbrain)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

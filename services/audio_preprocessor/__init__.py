@@ -1,0 +1,1 @@
+"""audio-preprocessor: speech denoising (DeepFilterNet3, MetricGAN+) between capture and STT."""
