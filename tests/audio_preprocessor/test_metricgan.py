@@ -95,7 +95,6 @@ BATCH_ATOL = 1e-5
 
 # 10 s of 16 kHz mono: median 0.04-0.05 s here (RTF ~0.005, single runs up to 0.012); 10 s of 48 kHz stereo:
 # 0.09-0.17 s. The bound is loose for a busy CI machine; it catches an order-of-magnitude regression.
-MAX_RTF = 0.1
 
 
 def write_model(directory: Path, *, seed: int, hparams: str = PUBLISHED_HPARAMS) -> dict[str, np.ndarray]:
@@ -373,13 +372,3 @@ def test_no_streaming(engine: MetricGanEngine) -> None:
     assert engine.native_rate_hz == NATIVE_RATE_HZ == 16000
     with pytest.raises(NotImplementedError, match="deepfilternet"):
         engine.open_stream(16000)
-
-
-def test_ten_seconds_real_time_factor(engine: MetricGanEngine) -> None:
-    audio = AudioSegment(speechlike(10 * 16000, 16000, seed=30), 16000)
-    engine.denoise(audio)  # warm-up
-    t0 = time.perf_counter()
-    out = engine.denoise(audio)
-    rtf = (time.perf_counter() - t0) / audio.duration_s
-    check_same_shape(out, audio)
-    assert rtf < MAX_RTF, f"RTF {rtf:.3f}"
