@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Does denoising help transcription? Signal metrics and stt word error rate, raw vs denoised, per engine.
 
-    python scripts/eval_denoise.py                   # full run (about 5 min on a 2-core CPU)
+    python scripts/eval_denoise.py                   # full run (about 5.5 min on a 2-core CPU)
     python scripts/eval_denoise.py --limit 4         # quick look: 4 files per set
-    python scripts/eval_denoise.py --every 1         # mixed set from all 46 clean utterances (~10 min)
+    python scripts/eval_denoise.py --seed 1          # other noise offsets (the mixed WER figures move)
+    python scripts/eval_denoise.py --every 1 --draws 1   # mixed set from all 46 clean utterances (~10 min)
     python scripts/eval_denoise.py --metricgan-model ~/models/metricgan-plus-voicebank   # also MetricGAN+
     python scripts/eval_denoise.py --dfn-atten-lim 6 12 24   # DeepFilterNet3 attenuation limits to compare
     python scripts/eval_denoise.py --dfn-atten-lim   # only the configured DeepFilterNet3 (no variant)
@@ -14,10 +15,11 @@ Two sets, from ../shared/eval (see A/SOURCES.md and B/SOURCES.md):
 - ``vbd``: the 23 VoiceBank-DEMAND pairs of A (``noisy/vbd_*_noisy.wav`` against ``clean/vbd_*_clean.wav``,
   the same recording with real DEMAND noise mixed in at 0.8 to 16.8 dB).
 - ``mixed``: every ``--every``-th clean utterance of A (sorted by name; 16 of 46 by default, six corpora),
-  each mixed with one noise of B (cycling through the 13 files, resampled to the speech's rate, looped or
-  cut to its length from an offset drawn with ``--seed``) scaled to exactly 10, 5 and 0 dB SNR (power over
-  the whole clip, silences included); an utterance keeps the same noise and offset at every level. The
-  same utterances without noise form the ``clean`` condition: what preprocessing does to clean speech.
+  each mixed ``--draws`` times (default 2) with a noise of B (cycling through the 13 files, another file
+  at each draw; resampled to the speech's rate, looped or cut to its length from an offset drawn with
+  ``--seed``) scaled to exactly 10, 5 and 0 dB SNR (power over the whole clip, silences included); a clip
+  keeps its noise and offset at every level. The same utterances without noise form the ``clean``
+  condition: what preprocessing does to clean speech.
   When a mixture would clip, mixture and clean reference are scaled down together (SNR unchanged).
 
 Every condition's audio goes to stt as it is ("raw") and through each denoiser. Signal metrics compare
@@ -70,6 +72,8 @@ METRIC_RATE = 16_000
 SNR_LEVELS_DB = (10.0, 5.0, 0.0)
 NEUTRAL_POINTS = 0.5
 """|ΔWER| below this many percentage points counts as neutral."""
+NOISE_STEP = 5
+"""Noise draw k of utterance i uses noise file (i + k * NOISE_STEP) mod 13: another noise at each draw."""
 BOOTSTRAP_ROUNDS = 2000
 BOOTSTRAP_SEED = 12345
 FEW_WORDS = 2
@@ -158,7 +162,7 @@ def vbd_condition(eval_a: Path, refs: dict[str, str], limit: int | None) -> Cond
     return Condition("vbd", "vbd: VoiceBank-DEMAND noisy/clean pairs (real DEMAND noise, 0.8-16.8 dB)", clips, True)
 
 
-def mixed_conditions(eval_dir: Path, refs: dict[str, str], every: int, seed: int,
+def mixed_conditions(eval_dir: Path, refs: dict[str, str], every: int, draws: int, seed: int,
                      limit: int | None) -> list[Condition]:
     eval_a, eval_b = eval_dir / "A", eval_dir / "B"
     speech_files = sorted((eval_a / "clean").glob("*.wav"))[::every]
@@ -167,36 +171,38 @@ def mixed_conditions(eval_dir: Path, refs: dict[str, str], every: int, seed: int
     if not noise_files:
         raise SystemExit(f"no noise files in {eval_b}")
     rng = np.random.default_rng(seed)
-    base: list[tuple[Path, AudioSegment, np.ndarray, str]] = []
-    for i, path in enumerate(speech_files):
-        speech = read_audio(path)
-        noise_path = noise_files[i % len(noise_files)]
-        noise = read_audio(noise_path).resample(speech.sample_rate).mono_1d()
-        s = speech.mono_1d()
-        for _ in range(100):  # an offset whose stretch is not digital silence
-            offset = int(rng.integers(len(noise)))
-            stretch = np.take(noise, np.arange(offset, offset + len(s)), mode="wrap")
-            if np.mean(stretch.astype(np.float64) ** 2) > 1e-12:
-                break
-        else:
-            raise SystemExit(f"{noise_path.name} is silent")
-        base.append((path, speech, stretch, noise_path.stem))
+    speech = {path: read_audio(path) for path in speech_files}
+    base: list[tuple[Path, str, np.ndarray, str]] = []  # (speech file, clip name, noise stretch, noise name)
+    for k in range(draws):
+        for i, path in enumerate(speech_files):
+            noise_path = noise_files[(i + k * NOISE_STEP) % len(noise_files)]
+            noise = read_audio(noise_path).resample(speech[path].sample_rate).mono_1d()
+            n = speech[path].frames
+            for _ in range(100):  # an offset whose stretch is not digital silence
+                offset = int(rng.integers(len(noise)))
+                stretch = np.take(noise, np.arange(offset, offset + n), mode="wrap")
+                if np.mean(stretch.astype(np.float64) ** 2) > 1e-12:
+                    break
+            else:
+                raise SystemExit(f"{noise_path.name} is silent")
+            base.append((path, path.stem + (f"#{k + 1}" if draws > 1 else ""), stretch, noise_path.stem))
 
     clean_title = "clean: the mixed set's utterances without noise (does denoising harm clean speech?)"
     conditions = [Condition("clean", clean_title,
-                            [Clip(p.stem, normalise(refs[f"clean/{p.name}"]), sp, sp, p) for p, sp, _, _ in base],
+                            [Clip(p.stem, normalise(refs[f"clean/{p.name}"]), sp, sp, p) for p, sp in speech.items()],
                             False)]
     for level in SNR_LEVELS_DB:
         clips = []
-        for path, speech, stretch, noise_name in base:
-            s = speech.mono_1d().astype(np.float64)
+        for path, name, stretch, noise_name in base:
+            rate = speech[path].sample_rate
+            s = speech[path].mono_1d().astype(np.float64)
             n = stretch.astype(np.float64)
             gain = math.sqrt(np.mean(s**2) / (np.mean(n**2) * 10 ** (level / 10)))
             mix = s + gain * n
             scale = min(1.0, 0.99 / max(np.max(np.abs(mix)), 1e-9))  # no clipping; SNR unchanged
-            clean = AudioSegment((s * scale).astype(np.float32), speech.sample_rate)
-            noisy = pcm16(AudioSegment((mix * scale).astype(np.float32), speech.sample_rate))
-            clips.append(Clip(path.stem, normalise(refs[f"clean/{path.name}"]), clean, noisy, path, noise_name))
+            clean = AudioSegment((s * scale).astype(np.float32), rate)
+            noisy = pcm16(AudioSegment((mix * scale).astype(np.float32), rate))
+            clips.append(Clip(name, normalise(refs[f"clean/{path.name}"]), clean, noisy, path, noise_name))
         conditions.append(Condition(f"mixed {level:g} dB",
                                     f"mixed {level:g} dB: clean A speech + B noise at exactly {level:g} dB SNR",
                                     clips, True))
@@ -328,6 +334,8 @@ def main() -> int:
     p.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL, help="folder holding A/ and B/")
     p.add_argument("--limit", type=int, help="at most N files per set (quick run)")
     p.add_argument("--every", type=int, default=3, help="mixed set: every K-th clean utterance of A (default 3)")
+    p.add_argument("--draws", type=int, default=2,
+                   help="mixed set: noise draws per utterance, each another noise file and offset (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise offsets (default 0)")
     p.add_argument("--metricgan-model", help="MetricGAN+ model dir (hyperparams.yaml + enhance_model.ckpt) or "
                                              "cached hub id; default METRICGAN_MODEL_PATH")
@@ -336,8 +344,8 @@ def main() -> int:
                         "option without a value: none; the configured DEEPFILTERNET_ATTEN_LIM_DB is always in)")
     p.add_argument("--show-files", action="store_true", help="print per-file WER, raw vs each engine")
     args = p.parse_args()
-    if args.every < 1:
-        p.error("--every must be >= 1")
+    if args.every < 1 or args.draws < 1:
+        p.error("--every and --draws must be >= 1")
 
     t_start = time.perf_counter()
     from services.stt.engine import TranscriptionRequest, WhisperEngine
@@ -351,7 +359,7 @@ def main() -> int:
 
     refs = load_references(args.eval_dir / "A")
     conditions = [vbd_condition(args.eval_dir / "A", refs, args.limit),
-                  *mixed_conditions(args.eval_dir, refs, args.every, args.seed, args.limit)]
+                  *mixed_conditions(args.eval_dir, refs, args.every, args.draws, args.seed, args.limit)]
 
     timings: dict[str, float] = defaultdict(float)
     audio_s: dict[str, float] = defaultdict(float)
@@ -420,8 +428,8 @@ def main() -> int:
         print(note)
     print(f"PESQ: {'pesq package (wb, 16 kHz)' if _pesq else 'not installed, not computed'}; "
           f"STOI: {'pystoi package (16 kHz)' if _stoi else 'not installed, not computed'}")
-    print(f"mixed set: 1 in {args.every} of A's clean utterances (sorted by name), noise offsets from seed "
-          f"{args.seed}")
+    print(f"mixed set: 1 in {args.every} of A's clean utterances (sorted by name), {args.draws} noise draw(s) per "
+          f"utterance, noise offsets from seed {args.seed}")
 
     deltas: dict[str, dict[str, float]] = defaultdict(dict)  # engine -> condition -> ΔWER points
     delta_errors: dict[str, dict[str, int]] = defaultdict(dict)  # engine -> condition -> Δ word errors
@@ -440,7 +448,10 @@ def main() -> int:
         file_words = np.array([len(r.split()) for r in ref_list])
         raw_errors = np.array([word_errors(r, h) for r, h in zip(ref_list, raw.hyps)])
         print(f"\n## {cond.title}\n")
-        print(f"{len(cond.clips)} files, {dur:.1f} s, {words} reference words "
+        utterances = len({c.clean_file for c in cond.clips})
+        what = f"{len(cond.clips)} clips of {utterances} utterances" if utterances != len(cond.clips) else \
+            f"{len(cond.clips)} files"
+        print(f"{what}, {dur:.1f} s, {words} reference words "
               f"(1 word = {100 / words:.2f} WER points)\n")
         print("| pipeline | SNR dB | SNR gain | SI-SDR dB | SI-SDR gain | PESQ wb | STOI | WER | ΔWER (points) |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -525,6 +536,8 @@ def main() -> int:
           + (f", more than the {NEUTRAL_POINTS:g}-point neutral band: such a verdict is no evidence either way"
              if 100 / hi_w >= NEUTRAL_POINTS else "")
           + (" (--every 1 triples the mixed set)." if args.every > 1 else "."))
+    print("Another --seed (other noise offsets) moves the mixed conditions' ΔWER by several points; the "
+          "intervals resample clips, which covers the variation between noise draws only in part.")
     print(f"\nRule for the default of ENABLE_PREPROCESSING: on, with engine E, only if (a) E's mean ΔWER over the "
           f"noisy conditions ({', '.join(noisy_keys)}; unweighted) is <= -{NEUTRAL_POINTS:g} points with its 95% "
           f"interval below 0 (not a sampling accident) and (b) E "
