@@ -61,7 +61,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.audio_preprocessor.app import _bytes_from, _samples_from  # noqa: E402
+from services.audio_preprocessor.streaming import decode_frame, encode_frame  # noqa: E402
 from services.audio_preprocessor.deepfilternet import DeepFilterNetEngine  # noqa: E402
 from services.audio_preprocessor.metricgan import metricgan_weights_available, speechbrain_installed  # noqa: E402
 from services.audio_preprocessor.settings import Settings  # noqa: E402
@@ -343,7 +343,7 @@ def bench_stream(base: str, headers: dict, engine: DeepFilterNetEngine, audio: A
             received += len(answer) // 2
 
         def push_once(data: bytes) -> None:
-            x = _samples_from(data, "s16le")  # what the service feeds its stream
+            x = decode_frame(data, "s16le")  # what the service feeds its stream
             t = time.perf_counter()
             y = stream.push(x)
             push_lat.append(time.perf_counter() - t)
@@ -368,7 +368,7 @@ def bench_stream(base: str, headers: dict, engine: DeepFilterNetEngine, audio: A
         got.append(tail)
         direct_out.append(stream.flush())
     service_pcm = b"".join(got)
-    direct_pcm = _bytes_from(np.concatenate(direct_out), "s16le")
+    direct_pcm = encode_frame(np.concatenate(direct_out), "s16le")
     return {
         "rate": rate, "paced": paced, "frames": len(frames), "ws": ws_lat, "push": push_lat, "ready": ready,
         "floor": floor, "hold": p(holds[len(holds) // 2 :], 50), "sent": sent, "out": len(service_pcm) // 2,

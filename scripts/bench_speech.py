@@ -66,7 +66,8 @@ def spawn(stack: ExitStack, package: str) -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", f"services.{package}"], cwd=ROOT,
-                            env={**os.environ, "PORT": str(port), "LOG_LEVEL": "WARNING"},
+                            env={**os.environ, "PORT": str(port), "LOG_LEVEL": "WARNING",
+                                 "ENABLE_PREPROCESSING": "false"},  # stt alone, as the direct engine
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stack.callback(lambda: (proc.terminate(), proc.wait(10)))
     return f"http://127.0.0.1:{port}"

@@ -25,7 +25,7 @@ Two sets, from ../shared/eval (see A/SOURCES.md and B/SOURCES.md):
 Every condition's audio goes to stt as it is ("raw") and through each denoiser. Signal metrics compare
 the result with the clean reference at 16 kHz (mean over files): SNR, scale-invariant SDR, and PESQ
 (ITU-T P.862.2 wide band) and STOI when the ``pesq`` / ``pystoi`` packages are installed (they are
-optional and not project dependencies: ``pip install -c constraints.txt pesq pystoi``). WER is pooled over
+optional, in the ``eval`` extra: ``.venv/bin/pip install -c constraints.txt -e ".[eval]"``). WER is pooled over
 the words of a condition, with eval_stt.py's normalisation on both sides; ΔWER is the denoised WER minus
 the raw WER in percentage points. The clean reference's WER is the ceiling.
 

@@ -24,12 +24,12 @@ import logging
 import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, File, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 
 from services.audio_preprocessor.engine import Denoiser, DenoiseStream, build_denoisers
 from services.audio_preprocessor.settings import Settings
+from services.audio_preprocessor.streaming import FORMATS, StreamClosed, decode_frame, encode_frame
 from services.common import metrics
 from services.common.audio import decode_audio, encode_wav
 from services.common.errors import BusyError, EngineNotReadyError, InvalidRequestError, PayloadTooLargeError
@@ -37,34 +37,6 @@ from services.common.app import create_service_app
 from services.common.inference import InferenceRunner
 
 log = logging.getLogger(__name__)
-
-FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
-
-
-class StreamClosed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-def _samples_from(data: bytes, fmt: str) -> np.ndarray:
-    dtype = FORMATS[fmt]
-    if len(data) % dtype.itemsize:
-        raise StreamClosed(1007, f"frame of {len(data)} bytes is not a whole number of {fmt} samples "
-                                 f"({dtype.itemsize} bytes each)")
-    raw = np.frombuffer(data, dtype=dtype)
-    if fmt == "s16le":
-        return raw.astype(np.float32) / 32768.0
-    if not np.isfinite(raw).all():
-        raise StreamClosed(1007, "frame holds NaN or infinite samples")
-    return raw.astype(np.float32)
-
-
-def _bytes_from(samples: np.ndarray, fmt: str) -> bytes:
-    if fmt == "s16le":
-        return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-    return samples.astype("<f4").tobytes()
-
 
 def create_app(settings: Settings, engines: tuple[Denoiser, Denoiser] | None = None) -> FastAPI:
     batch, stream_engine = engines or build_denoisers(settings)
@@ -127,18 +99,18 @@ def create_app(settings: Settings, engines: tuple[Denoiser, Denoiser] | None = N
                     if len(data) > max_bytes:
                         raise StreamClosed(1009, f"frame of {len(data)} bytes is over the limit of {max_bytes} "
                                                  f"({settings.stream_max_frame_s} s of audio)")
-                    samples = _samples_from(data, format)
+                    samples = decode_frame(data, format)
                     samples_in += len(samples)
                     out = await runner.run(stream.push, samples, operation="stream_push")
                     samples_out += len(out)
-                    await socket.send_bytes(_bytes_from(out, format))
+                    await socket.send_bytes(encode_frame(out, format))
                     continue
                 text = (message.get("text") or "").strip()
                 if text == "end" or text.replace(" ", "") == '{"type":"end"}':
                     out = await runner.run(stream.flush, operation="stream_flush")
                     stream = None
                     samples_out += len(out)
-                    await socket.send_bytes(_bytes_from(out, format))
+                    await socket.send_bytes(encode_frame(out, format))
                     await socket.send_text(json.dumps({"type": "end", "samples_in": samples_in,
                                                        "samples_out": samples_out}))
                     await socket.close(1000)

@@ -505,6 +505,8 @@ class DeepFilterNetEngine:
             "model": model,
             "native_rate_hz": NATIVE_RATE_HZ,
             "delay_ms": DELAY_S * 1000,
+            "atten_lim_db": self.atten_lim_db,
+            "post_filter_beta": self.post_filter_beta,
         }
 
     def _require(self) -> _Loaded:

@@ -102,6 +102,7 @@ def test_implements_the_denoiser_protocol(engine: DeepFilterNetEngine) -> None:
     assert (engine.name, engine.native_rate_hz, engine.streaming) == ("deepfilternet", 48000, True)
     assert engine.describe() == {
         "engine": "deepfilternet", "model": "DeepFilterNet3-v0.5.6", "native_rate_hz": 48000, "delay_ms": 30.0,
+        "atten_lim_db": 100.0, "post_filter_beta": 0.0,  # the engine default: no limit
     }
     stream = engine.open_stream(16000)
     assert isinstance(stream, DenoiseStream)

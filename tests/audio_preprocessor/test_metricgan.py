@@ -372,3 +372,28 @@ def test_no_streaming(engine: MetricGanEngine) -> None:
     assert engine.native_rate_hz == NATIVE_RATE_HZ == 16000
     with pytest.raises(NotImplementedError, match="deepfilternet"):
         engine.open_stream(16000)
+
+
+def test_engine_choice_follows_the_settings(model, tmp_path: Path) -> None:
+    """Default: the evaluated DeepFilterNet3 (12 dB limit); ``auto`` takes MetricGAN+ only when its weights
+    are present; ``metricgan`` takes it regardless (and is then not ready until loaded); streaming stays on
+    DeepFilterNet3 either way."""
+    from services.audio_preprocessor.deepfilternet import DeepFilterNetEngine
+    from services.audio_preprocessor.engine import build_denoisers
+    from services.audio_preprocessor.settings import Settings
+
+    def kinds(**kwargs) -> tuple[str, str]:
+        batch, stream = build_denoisers(Settings(_env_file=None, **kwargs))
+        assert isinstance(stream, DeepFilterNetEngine)
+        return type(batch).__name__, type(stream).__name__
+
+    default = Settings(_env_file=None)
+    assert (default.denoise_engine, default.deepfilternet_atten_lim_db) == ("deepfilternet", 12.0)
+    assert kinds() == ("DeepFilterNetEngine", "DeepFilterNetEngine")
+    assert build_denoisers(default)[0].describe()["atten_lim_db"] == 12.0
+    present = {"metricgan_model_path": str(model[0]), "metricgan_savedir": tmp_path / "s"}
+    assert kinds(denoise_engine="auto", **present) == ("MetricGanEngine", "DeepFilterNetEngine")
+    assert kinds(denoise_engine="auto", metricgan_model_path=ABSENT_HUB_ID,
+                 metricgan_savedir=tmp_path / "none") == ("DeepFilterNetEngine", "DeepFilterNetEngine")
+    assert kinds(denoise_engine="metricgan", metricgan_model_path=ABSENT_HUB_ID,
+                 metricgan_savedir=tmp_path / "none") == ("MetricGanEngine", "DeepFilterNetEngine")

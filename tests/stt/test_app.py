@@ -33,7 +33,7 @@ def wait_ready(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def url():
-    app = create_app(Settings(_env_file=None, stt_max_audio_s=20, stt_max_upload_bytes=3_000_000))
+    app = create_app(Settings(_env_file=None, enable_preprocessing=False, stt_max_audio_s=20, stt_max_upload_bytes=3_000_000))
     with serve_in_thread(app) as base:
         wait_ready(base)
         yield base

@@ -95,7 +95,7 @@ def test_settings_defaults_are_valid():
     assert s.stt_max_upload_bytes == 50 * 1024 * 1024
     assert s.stt_download_root is None and s.stt_allow_download is True
     assert (s.enable_preprocessing, s.preprocessor_url, s.preprocessor_timeout_s) == (
-        False, "http://127.0.0.1:9210", 10.0)
+        True, "http://127.0.0.1:9210", 10.0)
     for name in stt_fields():
         assert Settings.model_fields[name].description, f"{name} has no docstring"
 
