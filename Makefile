@@ -3,18 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras installed for the local fleet and the tests; each service adds its own extra in pyproject.toml.
-EXTRAS ?= dev,tts,stt,preprocess
+EXTRAS ?= dev,tts,stt,preprocess,llm,flan
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install run stop logs health-check-all test test-unit test-integration docs-config clean
+.PHONY: help install run stop logs health-check-all test test-unit test-integration docs-config models clean
 
 help:
 	@echo "make run               install if needed, start the fleet on 127.0.0.1, print URLs (Ctrl-C stops)"
 	@echo "make test              install if needed, run every test"
-	@echo "make stop | logs | health-check-all | docs-config | clean"
+	@echo "make stop | logs | health-check-all | docs-config | models | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest -m integration
+
+models: install
+	$(BIN)/python scripts/make_models.py --ct2
 
 docs-config: install
 	$(BIN)/python scripts/gen_config_docs.py

@@ -50,8 +50,10 @@ def wait_ready(services: dict[str, str], timeout_s: float, honcho: subprocess.Po
                 reasons.pop(name, None)
             else:
                 reasons[name] = detail
+                if "failed to start" in detail:  # final (e.g. model not available offline): stop waiting
+                    pending.pop(name)
         time.sleep(0.5)
-    return {n: reasons.get(n, "not checked") for n in pending}
+    return {n: reasons.get(n, "not checked") for n in services if n in pending or n in reasons}
 
 
 def stop() -> int:

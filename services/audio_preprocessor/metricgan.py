@@ -45,19 +45,18 @@ import logging
 import math
 import os
 import re
-import socket
 import sys
 import time
 import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from services.common.audio import AudioSegment
 from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidAudioError
+from services.common.hub import hub_offline, hub_unreachable, is_local_path
 from services.common.inference import load_in_thread
 
 if TYPE_CHECKING:
@@ -72,9 +71,6 @@ DEFAULT_MODEL = "speechbrain/metricgan-plus-voicebank"
 
 MODEL_FILES = ("hyperparams.yaml", "enhance_model.ckpt")
 """A MetricGAN+ model as speechbrain publishes it: the HyperPyYAML recipe and the generator's state_dict."""
-
-HUB_PROBE_TIMEOUT_S = 3.0
-"""How long `MetricGanEngine.start` waits to reach the hub before a download (instead of ~25 s of retries)."""
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -153,11 +149,6 @@ def _spectral_mask_enhancement() -> type[SpectralMaskEnhancement]:
 # --- model resolution ------------------------------------------------------------------------------
 
 
-def is_local_path(model: str) -> bool:
-    """A name that denotes a directory: absolute, ``./``, ``../``, ``~``, or an existing directory."""
-    return model.startswith(("/", "./", "../", "~", ".\\", "..\\")) or Path(model).expanduser().is_dir()
-
-
 def default_savedir(model: str) -> Path:
     """Where a hub model's files are collected: ``$XDG_CACHE_HOME`` (or ~/.cache)
     ``/audio-orchestrator/metricgan/<owner>--<name>``; a local dir is its own savedir."""
@@ -195,34 +186,6 @@ def metricgan_weights_available(model: str, savedir: Path | str | None = None) -
         return _has_model_files(target) or _in_hf_cache(model)
     except OSError:
         return False
-
-
-def _hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub read it at import, or as the environment says now."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return True
-
-
-def _hub_unreachable() -> str | None:
-    """Why the hub cannot be reached within `HUB_PROBE_TIMEOUT_S`, or None (also None behind a proxy, which
-    a direct connection cannot test)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    from huggingface_hub import constants
-
-    url = urlsplit(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        return f"cannot reach {constants.ENDPOINT} ({exc})"
-    return None
 
 
 # --- engine ----------------------------------------------------------------------------------------
@@ -294,13 +257,13 @@ class MetricGanEngine:
             network = not metricgan_weights_available(self.model, self.savedir)
             if network:
                 where = f"{self.savedir} or the Hugging Face cache"
-                if not self.allow_download or _hub_offline():
+                if not self.allow_download or hub_offline():
                     why = "downloads are off" if not self.allow_download else "HF_HUB_OFFLINE is set"
                     raise EngineFailedError(
                         f"{what} is not in {where} and {why}: put the model there, or set a local dir "
                         f"with {' and '.join(MODEL_FILES)}"
                     )
-                unreachable = _hub_unreachable()
+                unreachable = hub_unreachable()
                 if unreachable:
                     raise EngineFailedError(f"{what} is not in {where} and {unreachable}")
         else:

