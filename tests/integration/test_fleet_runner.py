@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from services.tts_bark.testing import build_random_bark
 from tests.llm_flan.tiny_t5 import build_tiny_t5
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,10 @@ def procfile_on_free_ports(tmp_path: Path) -> tuple[Path, dict[str, int]]:
             if m[1] == "llm-flan":
                 model = build_tiny_t5(tmp_path / "tiny-t5")
                 line = line.replace(" python -m", f" FLAN_T5_MODEL_SIZE={model} python -m")
+            if m[1] == "tts-bark":  # a tiny random Bark (no suno/bark offline), Piper at this fleet's tts port
+                bark = build_random_bark(tmp_path / "tiny-bark")
+                line = line.replace(" python -m", f" BARK_MODEL={bark} BARK_CPU_THREADS=1 "
+                                                  f"PIPER_FALLBACK_URL=http://127.0.0.1:{ports['tts']} python -m")
         lines.append(line)
     path = tmp_path / "Procfile"
     path.write_text("\n".join(lines) + "\n")
@@ -115,6 +120,11 @@ def test_runner_starts_the_fleet_prints_urls_and_ctrl_c_leaves_nothing(tmp_path)
                 reply = llm.chat.completions.create(model="llm-flan", messages=[{"role": "user", "content": "hi"}],
                                                     max_tokens=4, temperature=0)
                 assert reply.choices[0].message.content is not None and reply.usage.completion_tokens <= 4
+
+            if "tts-bark" in ports:  # Bark with its Piper fallback, through the fleet
+                bark = httpx.post(f"http://127.0.0.1:{ports['tts-bark']}/synthesize", json={"text": "Fleet is up."},
+                                  timeout=60)
+                assert bark.status_code == 200 and bark.json()["engine"] in ("bark", "piper")
 
             services = service_pids(ports)
             assert len(services) >= len(ports), "a service process is missing"
