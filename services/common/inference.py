@@ -150,7 +150,12 @@ class InferenceRunner:
         if fut is None or fut.done():
             self._leave(slot=True)
         else:
-            fut.add_done_callback(lambda _f: self._leave(slot=True))
+            def done(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled():
+                    f.exception()  # retrieved: a caller that gave up must not leave "never retrieved" noise
+                self._leave(slot=True)
+
+            fut.add_done_callback(done)
 
     async def run(self, fn: Callable[..., T], *args: Any, operation: str = "infer", **kwargs: Any) -> T:
         """Run one blocking call; raises BusyError when overloaded."""

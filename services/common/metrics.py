@@ -96,3 +96,14 @@ LLM_TOKENS = Counter("llm_tokens_total", "Tokens read (kind=prompt) and generate
 LLM_BATCH_SIZE = Histogram("llm_batch_size", "Requests (rows) per generate call of a batching engine",
                            ["service", "engine"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 
+
+# --- guardrails ----------------------------------------------------------------------------------------------
+GUARDRAIL_BLOCKS = Counter(
+    "guardrail_blocks_total",
+    "Texts guardrails judged unsafe, by reason (reason=pii: outputs whose PII was redacted; they still pass)",
+    ["service", "reason"],
+)
+GUARDRAIL_LATENCY = Histogram(
+    "guardrail_latency_seconds", "Time one guardrail check (scanner) took", ["service", "check"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
