@@ -1,0 +1,78 @@
+"""Two guardrails instances with RATE_LIMIT_STORAGE_URL on one real redis-server share a client's count.
+
+Needs the ``redis-server`` binary (Debian/Ubuntu: ``apt-get install -y redis-server``); skipped without it.
+The redis Python client is a dependency of the guardrails extra.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.guardrails.settings import Settings
+from tests.guardrails.test_app import running
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH "
+                                "(apt-get install -y redis-server); Redis-shared rate limits not tested")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    import redis
+
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        for _ in range(200):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.025)
+        else:
+            pytest.fail("redis-server did not start")
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_two_instances_share_one_clients_count(redis_url, tmp_path):
+    limit = 4
+    base = dict(_env_file=None, toxicity_model=None, guardrails_input_scanners="normalize,patterns",
+                guardrails_output_scanners="toxicity", rate_limit=f"{limit}/minute", rate_limit_storage_url=redis_url)
+    client = {"X-Client-Id": uuid.uuid4().hex}
+    with running(Settings(**base, guardrails_db_path=tmp_path / "a.sqlite3")) as a, \
+            running(Settings(**base, guardrails_db_path=tmp_path / "b.sqlite3")) as b:
+        assert httpx.get(f"{a}/config").json()["rate_limit_storage"] == redis_url
+
+        def post(url: str) -> httpx.Response:
+            return httpx.post(f"{url}/validate/input", json={"text": "turn on the lights"}, headers=client)
+
+        codes = [post(url).status_code for url in (a, b, a, b)]  # 4 allowed in total, alternating instances
+        assert codes == [200] * limit
+        for url in (a, b):  # the 5th and 6th: refused by either instance
+            r = post(url)
+            assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+        other = httpx.post(f"{b}/validate/input", json={"text": "hi"}, headers={"X-Client-Id": uuid.uuid4().hex})
+        assert other.status_code == 200
