@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras installed for the local fleet and the tests; each service adds its own extra in pyproject.toml.
-EXTRAS ?= dev,tts,stt,preprocess,llm,flan,bark,guardrails
+EXTRAS ?= dev,tts,stt,preprocess,llm,flan,bark,guardrails,orchestrator
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt

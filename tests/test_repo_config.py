@@ -109,8 +109,18 @@ def test_every_built_service_is_a_package_whose_default_port_is_its_host_port():
         if "build" not in svc:
             continue
         pkg = name.replace("-", "_")
-        assert pkg in packages, f"compose builds {name} but services/{pkg}/settings.py is missing"
         host = int(str(svc["ports"][0]).split(":")[0])
+        dockerfile = svc["build"].get("dockerfile", "")
+        if pkg not in packages and dockerfile.startswith("services/"):
+            # another service's code in another role (the plain orchestrator = orchestrator_enhanced with
+            # ENABLE_LANGCHAIN=false): its compose environment must set the role and the port
+            pkg = dockerfile.split("/")[1]
+            env = svc.get("environment") or {}
+            assert str(env.get("PORT")) == str(svc["ports"][0]).split(":")[1], f"{name} must set PORT"
+            assert str(env.get("ENABLE_LANGCHAIN")).lower() == "false", f"{name} must set ENABLE_LANGCHAIN=false"
+            assert pkg in packages, f"{name} builds {dockerfile}, which is no service package"
+            continue
+        assert pkg in packages, f"compose builds {name} but services/{pkg}/settings.py is missing"
         settings = packages[pkg]
         assert settings.service_name == name
         assert settings.model_fields["port"].get_default() == host
@@ -132,8 +142,20 @@ def test_env_service_keys_are_exactly_the_service_settings():
 def test_common_and_docker_env_keys_are_read_by_a_settings_class():
     base = {f.upper() for f in BaseServiceSettings.model_fields}
     everything = base | {f.upper() for cls in service_packages().values() for f in cls.model_fields}
+    aliases = {a.upper() for cls in service_packages().values() for f in cls.model_fields.values()
+               for a in getattr(f.validation_alias, "choices", ()) if isinstance(a, str)}
     assert env_keys(ROOT / ".env.common") <= base
     assert env_keys(ROOT / ".env.docker") <= everything
+    assert env_keys(ROOT / ".env.enhanced") <= everything | aliases
+
+
+def test_env_docker_is_the_last_env_file_and_env_enhanced_goes_to_the_enhanced_services():
+    for name, svc in compose_services().items():
+        files = [f if isinstance(f, str) else f["path"] for f in svc.get("env_file") or []]
+        if files:
+            assert files[-1] == "./.env.docker", f"{name}: .env.docker must be the last env_file ({files})"
+        if svc["_file"].name == "docker-compose.enhanced.yml" and name != "guardrails":
+            assert "./.env.enhanced" in files, f"{name} does not read .env.enhanced"
 
 
 def test_env_files_load_into_valid_settings():

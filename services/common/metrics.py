@@ -107,3 +107,30 @@ GUARDRAIL_LATENCY = Histogram(
     "guardrail_latency_seconds", "Time one guardrail check (scanner) took", ["service", "check"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+
+# --- orchestrator ----------------------------------------------------------------------------------------------
+ORCH_TURNS = Counter(
+    "orchestrator_turns_total",
+    "Turns answered, by kind (text|voice|voice_stream), outcome (ok|blocked|error) and prompt version",
+    ["service", "kind", "outcome", "prompt_version"],
+)
+ORCH_STAGE_LATENCY = Histogram(
+    "orchestrator_stage_seconds",
+    "Time one stage of a turn took (preprocess, stt, guard_input, agent, guard_output, tts, first_audio, turn)",
+    ["service", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+ORCH_FALLBACKS = Counter(
+    "orchestrator_fallbacks_total",
+    "Turn stages served by a fallback or degraded (llm, tts, preprocess, memory, guardrails), and why",
+    ["service", "stage", "reason"],
+)
+ORCH_BLOCKED = Counter(
+    "orchestrator_blocked_turns_total",
+    "Turns refused or answers withheld by guardrails, by direction (input|output) and reason",
+    ["service", "direction", "reason"],
+)
+ORCH_TOOL_CALLS = Counter(
+    "orchestrator_tool_calls_total", "Tool calls the agent made, by tool and outcome (ok|error)",
+    ["service", "tool", "outcome"],
+)

@@ -13,7 +13,7 @@ from services.common import context
 from services.common.app import create_service_app
 from services.guardrails.escalations import EscalationStore
 from services.guardrails.pipeline import Guard, Verdict
-from services.guardrails.ratelimit import SESSION_STATE, build_limiter, describe_storage, install_rate_limit
+from services.common.ratelimit import SESSION_STATE, build_limiter, describe_storage, install_rate_limit
 from services.guardrails.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import BaseServiceSettings, service_env_files
@@ -31,9 +31,11 @@ class Settings(BaseServiceSettings):
     """Generation rows (a request with ``n`` choices counts ``n``) that may wait for the model; one more is
     refused with 503 ``busy`` and ``Retry-After``."""
 
-    flan_t5_model_size: str = Field("BASE", min_length=1)
+    flan_t5_model_size: str = Field("BASE", min_length=1,
+                                    validation_alias=AliasChoices("FLAN_T5_MODEL_SIZE", "FLAN_T5_MODEL"))
     """The model: ``BASE``, ``LARGE`` or ``XL`` (google/flan-t5-base/-large/-xl), or any seq2seq hub id
-    (owner/name) or local directory with config.json and tokenizer files."""
+    (owner/name) or local directory with config.json and tokenizer files. Also read as ``FLAN_T5_MODEL`` (the
+    plan's ``.env.enhanced`` name, e.g. ``google/flan-t5-large``); ``FLAN_T5_MODEL_SIZE`` wins when both are set."""
 
     flan_t5_backend: Literal["transformers", "ctranslate2"] = "transformers"
     """``transformers`` (PyTorch; fp16 on CUDA) or ``ctranslate2`` (int8 by default; the model is converted on

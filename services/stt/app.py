@@ -43,8 +43,7 @@ def _segments_json(t: Transcript, *, words: bool, openai_fields: bool = False) -
 def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
     engine = engine or WhisperEngine(settings)
     runner = InferenceRunner.from_settings(engine.name, settings)
-    preprocessor = (ServiceClient.from_settings("audio-preprocessor", settings.preprocessor_url, settings)
-                    if settings.enable_preprocessing else None)
+    preprocessor = ServiceClient.from_settings("audio-preprocessor", settings.preprocessor_url, settings)
     router = APIRouter()
 
     async def read_upload(file: UploadFile) -> bytes:
@@ -56,11 +55,11 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
             raise PayloadTooLargeError(f"upload is over the limit of {limit} bytes", param="file")
         return data
 
-    async def denoise(raw: bytes, audio: AudioSegment) -> tuple[AudioSegment, bool]:
+    async def denoise(raw: bytes, audio: AudioSegment, enabled: bool) -> tuple[AudioSegment, bool]:
         """Audio through audio-preprocessor /denoise when enabled; the raw audio when it is down, slow,
         failing or answers with something unusable (counted in
         engine_fallbacks_total{engine_from="audio-preprocessor", engine_to="raw-audio"})."""
-        if preprocessor is None:
+        if not enabled:
             return audio, False
         try:
             r = await preprocessor.post("/denoise", files={"file": ("audio", raw)},
@@ -74,7 +73,8 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
             return audio, False
 
     async def transcribe(file: UploadFile, *, language: str | None, prompt: str | None, temperature: float | None,
-                         word_timestamps: bool, beam_size: int | None = None) -> tuple[Transcript, bool]:
+                         word_timestamps: bool, beam_size: int | None = None,
+                         preprocess: bool | None = None) -> tuple[Transcript, bool]:
         if not engine.ready():
             raise EngineNotReadyError(f"{engine.name} is still loading its model; retry shortly", retry_after_s=2)
         raw = await read_upload(file)
@@ -83,7 +83,8 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
         req = TranscriptionRequest(audio=audio, language=language or None, prompt=prompt or None,
                                    temperature=temperature, word_timestamps=word_timestamps, beam_size=beam_size)
         engine.validate(req)  # cheap checks on the loop, before the preprocessor and before queueing
-        audio, preprocessed = await denoise(raw, audio)
+        enabled = settings.enable_preprocessing if preprocess is None else preprocess
+        audio, preprocessed = await denoise(raw, audio, enabled)
         req = dataclasses.replace(req, audio=audio)
         result = await runner.run(engine.transcribe, req, operation="transcribe")
         labels = (metrics.service(), engine.name, "transcribe")
@@ -102,6 +103,9 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
             description="0..1. Omitted or 0: whisper's fallback schedule (0, 0.2, ... 1.0); t > 0 samples at t.")] = None,
         word_timestamps: Annotated[bool, Form()] = False,
         beam_size: Annotated[int | None, Form(description="1..10; default STT_BEAM_SIZE.")] = None,
+        preprocess: Annotated[bool | None, Form(
+            description="Denoise through audio-preprocessor first (true/false); omitted = ENABLE_PREPROCESSING. "
+                        "A caller that denoised already (the orchestrator) sends false.")] = None,
     ) -> dict[str, Any]:
         """Transcribe one audio file. Returns text, language, duration, segments and processing time."""
         upload = file or audio
@@ -109,7 +113,8 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
             raise InvalidRequestError("send the audio as exactly one multipart field, `file` (or `audio`)",
                                       param="file")
         t, preprocessed = await transcribe(upload, language=language, prompt=prompt, temperature=temperature,
-                                           word_timestamps=word_timestamps, beam_size=beam_size)
+                                           word_timestamps=word_timestamps, beam_size=beam_size,
+                                           preprocess=preprocess)
         return {"text": t.text, "language": t.language, "language_probability": t.language_probability,
                 "duration": round(t.duration_s, 3), "processing_time": round(t.processing_s, 3), "model": t.model,
                 "preprocessed": preprocessed, "segments": _segments_json(t, words=word_timestamps)}
@@ -152,7 +157,8 @@ def create_app(settings: Settings, engine: SttEngine | None = None) -> FastAPI:
                              for s in t.segments for w in (s.words or [])]
         return JSONResponse(body)
 
-    deps = [Dependency("audio-preprocessor", settings.preprocessor_url, required=False)] if preprocessor else []
+    deps = ([Dependency("audio-preprocessor", settings.preprocessor_url, required=False)]
+            if settings.enable_preprocessing else [])
     app = create_service_app(settings, components=[engine], dependencies=deps, routers=[router],
                              title="stt (faster-whisper)")
     app.state.engine = engine

@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from services.common.testing import serve_in_thread
 from services.guardrails.app import create_app
-from services.guardrails.ratelimit import SESSION_STATE, client_key_func
+from services.common.ratelimit import SESSION_STATE, client_key_func
 from services.guardrails.settings import Settings
 from tests.guardrails.test_scanners import EVERYDAY
 from tests.guardrails.tiny_bert import build_tiny_bert

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import openai
 import pytest
 
 from services.tts_bark.testing import build_random_bark
+from tests.integration.fleet import Fleet
 from tests.llm_flan.tiny_t5 import build_tiny_t5
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,25 +35,21 @@ def free_port() -> int:
 
 
 def procfile_on_free_ports(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    """The Procfile with free ports; llm-flan gets a tiny random-weight T5 (no FLAN-T5 weights offline)."""
-    ports: dict[str, int] = {}
+    """The Procfile with free ports and every service wired to its peers' ports (tests/integration/fleet.py);
+    llm-flan gets a tiny random-weight T5 (no FLAN-T5 weights offline), tts-bark a tiny random Bark."""
+    model = build_tiny_t5(tmp_path / "tiny-t5")
+    bark = build_random_bark(tmp_path / "tiny-bark")
+    fleet = Fleet.from_procfile(tmp_path, common={"MEMORY_DB_PATH": str(tmp_path / "memory.sqlite3"),
+                                                  "GUARDRAILS_DB_PATH": str(tmp_path / "guardrails.sqlite3")},
+                                env={"llm-flan": {"FLAN_T5_MODEL_SIZE": str(model)},
+                                     "tts-bark": {"BARK_MODEL": str(bark), "BARK_CPU_THREADS": "1"}})
     lines = []
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_-]+):", line)
-        if m and "PORT=" in line:
-            ports[m[1]] = free_port()
-            line = re.sub(r"\bPORT=\d+", f"PORT={ports[m[1]]}", line)
-            if m[1] == "llm-flan":
-                model = build_tiny_t5(tmp_path / "tiny-t5")
-                line = line.replace(" python -m", f" FLAN_T5_MODEL_SIZE={model} python -m")
-            if m[1] == "tts-bark":  # a tiny random Bark (no suno/bark offline), Piper at this fleet's tts port
-                bark = build_random_bark(tmp_path / "tiny-bark")
-                line = line.replace(" python -m", f" BARK_MODEL={bark} BARK_CPU_THREADS=1 "
-                                                  f"PIPER_FALLBACK_URL=http://127.0.0.1:{ports['tts']} python -m")
-        lines.append(line)
+    for svc in fleet.services.values():
+        assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in svc.env.items() if k != "PORT")
+        lines.append(f"{svc.name}: PORT={svc.port} {assigns} python -m {svc.module}")
     path = tmp_path / "Procfile"
     path.write_text("\n".join(lines) + "\n")
-    return path, ports
+    return path, {name: svc.port for name, svc in fleet.services.items()}
 
 
 def service_pids(ports: dict[str, int]) -> set[int]:
@@ -125,6 +123,11 @@ def test_runner_starts_the_fleet_prints_urls_and_ctrl_c_leaves_nothing(tmp_path)
                 bark = httpx.post(f"http://127.0.0.1:{ports['tts-bark']}/synthesize", json={"text": "Fleet is up."},
                                   timeout=60)
                 assert bark.status_code == 200 and bark.json()["engine"] in ("bark", "piper")
+
+            if "orchestrator-enhanced" in ports:  # the centre of the fleet answers through its peers
+                r = httpx.post(f"http://127.0.0.1:{ports['orchestrator-enhanced']}/mcp/transcript",
+                               json={"transcript": "Hello there."}, timeout=120)
+                assert r.status_code == 200 and r.json()["response"].strip(), r.text
 
             services = service_pids(ports)
             assert len(services) >= len(ports), "a service process is missing"

@@ -184,6 +184,21 @@ def test_preprocessor_answering_garbage_falls_back_to_raw_audio():
     assert fallbacks("error") == before + 1
 
 
+@pytest.mark.parametrize("service_default, asked, used", [(True, "false", False), (False, "true", True),
+                                                            (True, None, True), (False, None, False)])
+def test_the_preprocess_field_overrides_the_service_default(service_default, asked, used):
+    """A caller that denoised already (the orchestrator) says preprocess=false; omitted = ENABLE_PREPROCESSING."""
+    seen: list[bytes] = []
+    with serve_in_thread(preprocessor("ok", seen)) as pre_url:
+        settings = Settings(_env_file=None, enable_preprocessing=service_default, preprocessor_url=pre_url)
+        with serve_in_thread(create_app(settings)) as url:
+            wait_ready(url)
+            fields = {} if asked is None else {"preprocess": asked}
+            r = post(url, CLIP.read_bytes(), **fields)
+    assert r.status_code == 200 and r.json()["preprocessed"] is used
+    assert bool(seen) is used
+
+
 def test_beam_size_is_honoured_and_range_checked(url):
     assert post(url, CLIP.read_bytes(), beam_size="1").status_code == 200
     r = post(url, CLIP.read_bytes(), beam_size="50")

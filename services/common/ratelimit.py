@@ -1,4 +1,4 @@
-"""Per-client rate limiting with slowapi, reusable by any fleet service (the orchestrator's transcript endpoint).
+"""Per-client rate limiting with slowapi, shared by guardrails (/validate/input) and the orchestrator (its turn routes).
 
     limiter = build_limiter(storage_uri, service_token=settings.secret_token(), key_prefix="orchestrator")
     install_rate_limit(app, limiter)             # 429 in the fleet's error shape, with Retry-After
