@@ -339,6 +339,7 @@ class LlamaCppEngine:
         self.max_tokens = settings.llm_max_tokens
         self.default_temperature = settings.llm_temperature
         self.default_top_p = settings.llm_top_p
+        self.prompt_cache = settings.llm_prompt_cache
         self.runner = InferenceRunner.from_settings(self.name, settings)
         self._llm: Llama | None = None
         self._formatter: Any = None
@@ -400,6 +401,7 @@ class LlamaCppEngine:
         status = "ready" if self.ready() else ("closed" if self._closed else ("failed" if self._error else "loading"))
         return {"engine": self.name, "model": self.model_id, "model_path": str(self.model_path),
                 "n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_tokens": self.max_tokens,
+                "prompt_cache": self.prompt_cache,
                 "status": status}
 
     def model_ids(self) -> list[str]:
@@ -594,10 +596,12 @@ class LlamaCppEngine:
         temperature = self.default_temperature if req.temperature is None else req.temperature
         completion = 0
         for index in range(req.n):
-            # Evaluate the prompt afresh: a KV-cache hit evaluates the prompt's tail in another batch shape,
-            # which moves logits in the last bits and can flip greedy (temperature 0) picks. Only the phases
-            # of one tool call reuse the cache (the same steps every time, so the same numbers).
-            llm.reset()
+            # Without LLM_PROMPT_CACHE, evaluate the prompt afresh: a KV-cache hit evaluates the prompt's tail
+            # in another batch shape, which moves logits in the last bits and can flip greedy (temperature 0)
+            # picks. Only the phases of one tool call reuse the cache then (the same steps every time, so the
+            # same numbers). With it, llama.cpp keeps the longest common prefix of the previous evaluation.
+            if not self.prompt_cache:
+                llm.reset()
             sampling = Sampling(
                 temperature=temperature,
                 top_p=self.default_top_p if req.top_p is None else req.top_p,

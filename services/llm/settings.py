@@ -49,6 +49,13 @@ class Settings(BaseServiceSettings):
     llm_top_p: float = Field(0.9, gt=0.0, le=1.0)
     """Nucleus sampling mass (top_p) when a request sets none; 1 = no cut. 0.9 follows the model card."""
 
+    llm_prompt_cache: bool = False
+    """Reuse the KV cache for the part of a prompt the previous request shared with it (the orchestrator's
+    system prompt and tool list are then evaluated once, later turns only evaluate what is new: seconds saved
+    per turn on a CPU). The price: a temperature-0 answer may differ in rare cases from the one a fresh
+    evaluation gives (another batch shape moves logits in their last bits). false: every request evaluates
+    its prompt afresh, so temperature 0 is exactly reproducible. The fleet's ``.env.service`` turns it on."""
+
     @field_validator("max_concurrency")
     @classmethod
     def _one_context(cls, v: int) -> int:

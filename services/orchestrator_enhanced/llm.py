@@ -16,8 +16,9 @@ puts the fallback LLM behind the primary.
 - **Which model answered** is written into the answer's ``response_metadata["llm_engine"]`` (the model name of
   the server that served it) and fallbacks are counted in ``engine_fallbacks_total`` and
   ``orchestrator_fallbacks_total{stage="llm"}``.
-- **Step limit.** The last allowed model call of a turn (``AGENT_MAX_STEPS``) is made without tools, so a model
-  that keeps calling tools still ends with an answer.
+- **Step limit.** The last allowed model call of a turn (``AGENT_MAX_STEPS``) is made without tools, and so is
+  the call after the model repeated a tool call (same tool, same arguments) within the turn, so a model that
+  keeps calling tools still ends with an answer.
 
 Streaming: when the agent is streamed, ``ChatOpenAI`` streams tokens; a primary that fails before its first
 token is replaced by the fallback without the caller noticing. (One that fails mid-answer is too, but the
@@ -27,6 +28,7 @@ tokens it already streamed were streamed.)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -181,13 +183,22 @@ class FailoverMiddleware(AgentMiddleware):
         return request.override(model_settings={**request.model_settings, "extra_headers": headers})
 
     def _limit_steps(self, request: ModelRequest) -> ModelRequest:
-        """The turn's model calls so far are the AI messages after its (last) human message."""
+        """No tools for the turn's last allowed model call, nor once the model repeats a tool call it already
+        made this turn (a small model looping on one tool). The turn's model calls so far are the AI messages
+        after its (last) human message."""
         calls = 0
+        seen: set[str] = set()
+        repeated = False
         for message in reversed(request.messages):
             if isinstance(message, HumanMessage):
                 break
-            calls += isinstance(message, AIMessage)
-        if calls + 1 >= self.max_steps and request.tools:
+            if isinstance(message, AIMessage):
+                calls += 1
+                for tc in message.tool_calls:
+                    key = tc["name"] + json.dumps(tc.get("args") or {}, sort_keys=True)
+                    repeated = repeated or key in seen
+                    seen.add(key)
+        if (calls + 1 >= self.max_steps or repeated) and request.tools:
             return request.override(tools=[], tool_choice=None)
         return request
 

@@ -6,10 +6,12 @@
 - `Orchestrator.voice_turn_stream`: the same as events (POST /v1/voice/turn/stream, SSE). The answer is cut into
   sentences while the LLM streams it; each sentence is checked by output guardrails and spoken as soon as it is
   complete, while the LLM goes on, so the first audio waits for the first sentence only. Events, in order:
-  ``transcript``, then per sentence ``text`` and ``audio`` (sentence order kept), then ``done`` (or ``error``).
+  ``transcript``, then per sentence ``text`` and ``audio`` (or ``audio_error`` when no TTS could speak it; sentence
+  order kept), then ``done`` (or ``error``).
 
 What a turn never does: lose what the user said because a dependency failed. Denoising failing -> raw audio;
-primary LLM failing -> fallback LLM; primary TTS failing -> fallback TTS; memory failing -> the turn is answered
+primary LLM failing -> fallback LLM; primary TTS failing -> fallback TTS; both TTS failing -> the answer as text
+with a note (``audio_error`` events when streamed); memory failing -> the turn is answered
 without history (and the answer is not stored); guardrails down -> the fail mode (closed: an apology that says
 so). Only stt failing (nothing to answer) or both LLMs failing end a turn with an error.
 """
@@ -51,10 +53,25 @@ LONG_SENTENCE_CHARS = 220
 """A sentence still growing past this many characters is cut at its last comma (or space) so speech starts."""
 
 
-def split_sentences(buffer: str, *, final: bool = False) -> tuple[list[str], str]:
-    """(complete sentences, the unfinished rest) of streamed text. ``final`` flushes the rest."""
+FIRST_CLAUSE_WORDS = 4
+"""The first piece of an answer may end at a clause (a comma after at least this many words), so its speech
+starts before the first sentence is complete."""
+
+
+def split_sentences(buffer: str, *, final: bool = False, first: bool = False) -> tuple[list[str], str]:
+    """(complete sentences, the unfinished rest) of streamed text. ``final`` flushes the rest; ``first`` (nothing
+    of the answer was cut yet) also accepts a clause of FIRST_CLAUSE_WORDS+ words ending in a comma."""
     sentences: list[str] = []
     start = 0
+    if first:
+        m = _SENTENCE_END.search(buffer)
+        head = buffer[:m.start()] if m else buffer
+        comma = head.find(", ")
+        while comma >= 0 and len(head[:comma].split()) < FIRST_CLAUSE_WORDS:
+            comma = head.find(", ", comma + 1)
+        if comma >= 0:
+            sentences.append(head[:comma + 1].strip())
+            start = comma + 2
     for m in _SENTENCE_END.finditer(buffer):
         piece = buffer[start:m.end()].strip()
         if piece:
@@ -105,6 +122,19 @@ class TurnResult:
         if self.notes:
             out["notes"] = self.notes
         return out
+
+
+@dataclass
+class _Sentence:
+    """One sentence of a streamed answer, checked and spoken."""
+
+    text: str
+    audio: SpokenAudio | None = None
+    withheld: str | None = None
+    """Output guardrails' reason when the sentence was replaced by the withheld-answer apology."""
+    skip: bool = False
+    """A withheld sentence right after another withheld one: the apology is said once."""
+    speech_error: str | None = None
 
 
 class Timer:
@@ -267,12 +297,24 @@ class Orchestrator:
             block = withheld
             if history is not None and not withheld:
                 await self._remember(ctx, clean, response)
-        audio = None
-        if speak:
-            async with timer.stage("tts"):
-                audio = await self.speech.synthesize(response)
+        audio = await self._speak(response, timer, notes) if speak else None
         return self._result(ctx, response, timer, answer=answer, block=block, transcript=transcript, notes=notes,
                             audio=audio)
+
+    async def _speak(self, text: str, timer: Timer, notes: list[str]) -> SpokenAudio | None:
+        """The answer's audio; None (with a note) when no TTS could speak it: the text is not lost for that."""
+        try:
+            async with timer.stage("tts"):
+                return await self.speech.synthesize(text)
+        except ServiceError as exc:
+            notes.append(self._speech_failed(exc))
+            return None
+
+    @staticmethod
+    def _speech_failed(exc: ServiceError) -> str:
+        ORCH_FALLBACKS.labels(service(), "tts", "failed").inc()
+        log.error("no TTS could speak the answer: %s", exc.message)
+        return f"speech unavailable: {exc.message}"
 
     async def _listen(self, audio: bytes, timer: Timer) -> str:
         if self.settings.enable_preprocessing:
@@ -290,14 +332,10 @@ class Orchestrator:
             self._count("voice", "error")
             raise
         if not text:
-            try:
-                async with timer.stage("tts"):
-                    spoken = await self.speech.synthesize(NO_SPEECH)
-            except BaseException:
-                self._count("voice", "error")
-                raise
+            notes: list[str] = []
+            spoken = await self._speak(NO_SPEECH, timer, notes)
             self._count("voice", "no_speech")
-            return self._result(ctx, NO_SPEECH, timer, transcript="", audio=spoken)
+            return self._result(ctx, NO_SPEECH, timer, transcript="", audio=spoken, notes=notes)
         return await self.text_turn(text, ctx, speak=True, kind="voice", timer=timer, transcript=text)
 
     async def voice_turn_stream(self, audio: bytes, ctx: TurnContext) -> AsyncIterator[dict[str, Any]]:
@@ -365,23 +403,27 @@ class Orchestrator:
                                withheld: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Cut streamed text into sentences; check and speak each in its own task while the text goes on;
         yield ``text`` and ``audio`` events in sentence order."""
-        queue: asyncio.Queue[asyncio.Task[tuple[str, SpokenAudio | None, str | None]] | None] = asyncio.Queue()
+        queue: asyncio.Queue[asyncio.Task[_Sentence] | None] = asyncio.Queue()
         previous: asyncio.Task[Any] | None = None
 
-        async def one(sentence: str, before: asyncio.Task[Any] | None) -> tuple[str, SpokenAudio | None, str | None]:
+        async def one(sentence: str, before: asyncio.Task[Any] | None) -> _Sentence:
             reason = None
             if check:
                 sentence, reason = await self._check_output(sentence, ctx, timer)
             if reason and before is not None:  # one withheld sentence is said once, not per sentence
                 try:
-                    if (await before)[2]:
-                        return sentence, None, reason
+                    if (await before).withheld:
+                        return _Sentence(sentence, skip=True, withheld=reason)
                 except Exception:  # noqa: BLE001 - the earlier sentence reports its own error
                     pass
             t = time.perf_counter()
-            audio = await self.speech.synthesize(sentence)
-            timer.add("tts", time.perf_counter() - t)
-            return sentence, audio, reason
+            try:
+                audio = await self.speech.synthesize(sentence)
+            except ServiceError as exc:  # the text still goes out; the client is told the audio is missing
+                return _Sentence(sentence, withheld=reason, speech_error=self._speech_failed(exc))
+            finally:
+                timer.add("tts", time.perf_counter() - t)
+            return _Sentence(sentence, audio=audio, withheld=reason)
 
         async def produce() -> None:
             nonlocal previous
@@ -389,7 +431,7 @@ class Orchestrator:
             try:
                 async for piece in pieces:
                     buffer += piece
-                    sentences, buffer = split_sentences(buffer)
+                    sentences, buffer = split_sentences(buffer, first=previous is None)
                     for s in sentences:
                         previous = asyncio.create_task(one(s, previous))
                         await queue.put(previous)
@@ -407,17 +449,20 @@ class Orchestrator:
                 task = await queue.get()
                 if task is None:
                     break
-                sentence, audio, reason = await task
-                if reason and withheld is not None:
-                    withheld.append(reason)
-                if audio is None:
+                done = await task
+                if done.withheld and withheld is not None:
+                    withheld.append(done.withheld)
+                if done.skip:
                     continue
                 if spoken is not None:
-                    spoken.append(sentence)
-                yield {"event": "text", "index": index, "text": sentence}
-                timer.mark("first_audio")
-                yield {"event": "audio", "index": index, "format": "wav", "tts_service": audio.service,
-                       "tts_engine": audio.engine, "audio": base64.b64encode(audio.wav).decode("ascii")}
+                    spoken.append(done.text)
+                yield {"event": "text", "index": index, "text": done.text}
+                if done.audio is None:
+                    yield {"event": "audio_error", "index": index, "message": done.speech_error}
+                else:
+                    timer.mark("first_audio")
+                    yield {"event": "audio", "index": index, "format": "wav", "tts_service": done.audio.service,
+                           "tts_engine": done.audio.engine, "audio": base64.b64encode(done.audio.wav).decode("ascii")}
                 index += 1
             await producer  # surfaces the agent's error, if any
         finally:

@@ -3,7 +3,8 @@
 - `Speech.preprocess`: POST /denoise; when it fails the raw audio is used (``orchestrator_fallbacks_total
   {stage="preprocess"}``) — a voice turn never fails because denoising did.
 - `Speech.transcribe`: POST stt /transcribe with ``preprocess=false`` (the orchestrator denoised already, or
-  was told not to). stt failing fails the turn with the upstream's error (there is nothing to answer).
+  was told not to), within what is left of the turn. stt failing fails the turn with the upstream's error
+  (there is nothing to answer).
 - `Speech.synthesize`: the primary TTS (tts-bark ``POST /synthesize``, JSON with base64 WAV; or a Piper tts, WAV,
   as the plain orchestrator of the base fleet has it) within
   ``min(TTS_PRIMARY_TIMEOUT_S, 60 % of the turn's time left)``, then the fallback TTS (tts ``POST /synthesize``,
@@ -67,8 +68,10 @@ class Speech:
         return r.content, True
 
     async def transcribe(self, audio: bytes) -> Transcript:
+        # no fallback for stt: it may use what is left of the turn (HTTP_TIMEOUT_S would cut it short when
+        # stt queues under load)
         r = await self.stt.post("/transcribe", files={"file": ("audio", audio)}, data={"preprocess": "false"},
-                                idempotent=True)
+                                idempotent=True, timeout_s=self.settings.request_timeout_s)
         body = r.json()
         return Transcript(text=str(body.get("text") or "").strip(), language=body.get("language"),
                           duration_s=float(body.get("duration") or 0.0))
@@ -85,7 +88,7 @@ class Speech:
         log.warning("primary TTS failed (%s), speaking with the fallback: %s", reason, first.message)
         try:
             r = await self.tts_fallback.post("/synthesize", json={"text": text, "stream": False, "format": "wav"},
-                                             idempotent=True)
+                                             idempotent=True, timeout_s=self.settings.request_timeout_s)
         except ServiceError as second:
             second.message = f"tts-bark failed ({first.message}); fallback tts failed ({second.message})"
             second.args = (second.message,)

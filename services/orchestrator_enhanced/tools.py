@@ -109,19 +109,21 @@ def build_tools(settings: Settings, *, clock: Callable[[], datetime] | None = No
         message: Annotated[str, Field(description="The exact text to post.")],
         runtime: ToolRuntime[TurnContext, Any],
         channel_id: Annotated[
-            str | None, Field(description="Discord channel id; leave empty for the conversation's channel.")
+            str | None, Field(description="Discord channel id; leave empty for the conversation's channel.",
+                              max_length=64)
         ] = None,
     ) -> str:
         return await kit.send_discord_message(message, channel_id, runtime.context)
 
     async def search_web(
-        query: Annotated[str, Field(description="What to search for, in a few keywords.")],
+        query: Annotated[str, Field(description="What to search for, in a few keywords.", max_length=200)],
     ) -> str:
         return await kit.search_web(query)
 
     async def get_current_time(
         timezone: Annotated[
-            str | None, Field(description="IANA time zone such as Europe/Berlin; empty for the default.")
+            str | None, Field(description="IANA time zone such as Europe/Berlin; empty for the default.",
+                              max_length=64)
         ] = None,
     ) -> str:
         return kit.current_time(timezone)

@@ -286,3 +286,24 @@ def test_named_tool_arguments_follow_the_schema_at_any_temperature(engine):
     assert choice.finish_reason == "tool_calls"
     args = json.loads(choice.tool_calls[0].function.arguments)
     assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit") and len(args["city"]) <= 24
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_prompt_cache_keeps_the_kv_cache_between_requests_only_when_enabled(cache):
+    """LLM_PROMPT_CACHE=false resets llama.cpp's state before every choice (exact temperature-0 reproducibility);
+    true keeps it, so the next request only evaluates what follows the shared prefix."""
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP, llm_prompt_cache=cache))
+    asyncio.run(eng.start())
+    llm = eng._model()
+    resets = []
+    original = llm.reset
+    llm.reset = lambda: (resets.append(1), original())[1]  # count the real reset calls
+    ask = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+    first = assemble(list(eng.events(request(ask, max_tokens=4, temperature=0))))
+    kept = llm.n_tokens
+    resets.clear()
+    second = assemble(list(eng.events(request(ask, max_tokens=4, temperature=0))))
+    assert eng.describe()["prompt_cache"] is cache
+    assert kept > 0 and first.choices[0].text and second.choices[0].text
+    # the second request starts from the first one's prefix (a prefix hit never resets) only with the cache on
+    assert (len(resets) == 0) is cache

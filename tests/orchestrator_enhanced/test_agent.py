@@ -100,6 +100,14 @@ async def test_the_last_allowed_step_has_no_tools_so_a_looping_model_still_answe
     assert answer.text.startswith("done") and len(answer.tool_calls) == 2
 
 
+async def test_a_repeated_tool_call_ends_the_tool_rounds():
+    same = call_tool("Calculator", expression="1 + 1")
+    model = ScriptedChatModel(script=[same, same, say("two"), say("never reached")])
+    answer = await make_agent(model, agent_max_steps=6).run("loop", [], CTX)
+    assert len(model.calls) == 3 and len(model.bound_tools) == 2  # the third call had no tools
+    assert answer.text.startswith("two")
+
+
 async def test_stream_yields_deltas_then_tool_events_then_one_answer_that_starts_with_the_deltas():
     model = ScriptedChatModel(script=[call_tool("Calculator", expression="6 * 7"),
                                       lambda msgs: say("The answer is 42. Anything else?")])

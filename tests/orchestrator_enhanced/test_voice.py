@@ -180,6 +180,23 @@ def test_a_dead_preprocessor_is_skipped_and_the_raw_audio_transcribed(tmp_path, 
     assert fallbacks("preprocess", "unavailable") == before + 1
 
 
+def test_no_tts_at_all_still_delivers_the_words(tmp_path, speech_urls):
+    """Both TTS down: the answer is not lost; it comes as text, with a note / an audio_error event."""
+    stt, _ = speech_urls
+    model = ScriptedChatModel(script=[say("First part. Second part.")])
+    with orchestrator(tmp_path, model, stt, DEAD, tts_fallback_url=DEAD) as url:
+        body = httpx.post(f"{url}/v1/voice/turn", files={"file": ("a.wav", SPEECH.read_bytes())}, timeout=120).json()
+        text = httpx.post(f"{url}/mcp/transcript", json={"transcript": "hi", "speak": True}, timeout=60).json()
+        with httpx.stream("POST", f"{url}/v1/voice/turn/stream", timeout=120,
+                          files={"file": ("a.wav", SPEECH.read_bytes())}) as r:
+            events = sse_events(r)
+    assert body["response"] == "First part. Second part." and "audio" not in body
+    assert any(n.startswith("speech unavailable") for n in body["notes"])
+    assert text["response"] == "First part. Second part." and "audio" not in text
+    names = [n for n, _, _ in events]
+    assert names == ["transcript", "text", "audio_error", "text", "audio_error", "done"]
+
+
 @pytest.mark.parametrize("files, status, fragment", [
     (None, 422, "multipart field `file`"),
     ({"file": ("a.wav", b"")}, 422, "empty"),
@@ -200,6 +217,16 @@ def test_too_large_audio_is_413(tmp_path, speech_urls):
     with orchestrator(tmp_path, ScriptedChatModel(), stt, tts, voice_max_upload_bytes=2000) as url:
         r = httpx.post(f"{url}/v1/voice/turn", files={"file": ("a.wav", SPEECH.read_bytes())}, timeout=60)
     assert r.status_code == 413 and "VOICE_MAX_UPLOAD_BYTES" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("text, sentences, rest", [
+    ("Sure, the answer is", [], "Sure, the answer is"),  # too short a clause to stand alone
+    ("Well, the weather today is sunny, with", ["Well, the weather today is sunny,"], "with"),
+    ("It is sunny. More", ["It is sunny."], "More"),
+])
+def test_the_first_piece_may_be_a_clause(text, sentences, rest):
+    got, left = split_sentences(text, first=True)
+    assert got == sentences and left == rest
 
 
 @pytest.mark.parametrize("text, final, sentences, rest", [
