@@ -32,8 +32,14 @@ def test_env_service_holds_exactly_the_llm_fields_at_their_defaults():
     env_file = REPO / "services" / "llm" / ".env.service"
     pairs = read_env_file(env_file)
     assert set(pairs) == {name.upper() for name in llm_fields()}
-    # Loading the file changes nothing: every value is the default ("LLM_MODEL_PATH=" is None, not ".").
-    assert Settings(_env_file=env_file).model_dump() == Settings(_env_file=None).model_dump()
+    # Loading the file changes nothing but the one deliberate deployment choice: every other value is the
+    # default ("LLM_MODEL_PATH=" is None, not "."). The fleet turns the prompt cache on (the orchestrator's long
+    # system prompt and tool list are shared by every turn); the class default keeps temperature 0 exact.
+    loaded = Settings(_env_file=env_file).model_dump()
+    assert loaded.pop("llm_prompt_cache") is True and Settings(_env_file=None).llm_prompt_cache is False
+    defaults = Settings(_env_file=None).model_dump()
+    defaults.pop("llm_prompt_cache")
+    assert loaded == defaults
 
 
 def test_every_env_service_key_has_a_comment_above_it():
