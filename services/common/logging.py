@@ -54,3 +54,8 @@ def configure_logging(service: str, *, level: str = "INFO", json_logs: bool = Tr
     # The app factory logs each request itself (with route, status, duration); uvicorn's access log
     # would duplicate it without the correlation id.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx/httpcore log every request at INFO (health polls every few seconds, each LLM call of the openai
+    # client); the fleet's own client logs what matters (failures, fallbacks, circuit changes).
+    # LOG_LEVEL=DEBUG shows them again.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
