@@ -208,12 +208,19 @@ class _Health:
             log.exception("component %s failed to start", comp.name, extra={"engine": comp.name})
 
     async def probe(self, dep: Dependency) -> tuple[bool, str]:
+        """One look at a dependency; a transport error is retried once after a moment, so a single reset
+        connection on a busy machine does not flip this service to not-ready for a whole poll period."""
         timeout = min(2.0, self.settings.dependency_poll_s)
-        try:
-            r = await shared_async_client().get(dep.url.rstrip("/") + dep.path, timeout=timeout)
-        except httpx.HTTPError as exc:
-            return False, f"unreachable: {type(exc).__name__}"
-        return (r.status_code < 400), f"HTTP {r.status_code}"
+        for attempt in range(2):
+            try:
+                r = await shared_async_client().get(dep.url.rstrip("/") + dep.path, timeout=timeout)
+            except httpx.HTTPError as exc:
+                if attempt == 0 and not isinstance(exc, httpx.ConnectError):
+                    await asyncio.sleep(0.2)
+                    continue
+                return False, f"unreachable: {type(exc).__name__}"
+            return (r.status_code < 400), f"HTTP {r.status_code}"
+        raise AssertionError("unreachable")
 
     async def poll_dependencies(self) -> None:
         while True:

@@ -350,3 +350,52 @@ def test_overload_answers_503_with_retry_after():
     assert int(refused.headers["retry-after"]) >= 1
     assert_error_shape(refused.json(), "busy")
     assert [r.status_code for r in results] == [200, 200]
+
+
+def _flaky_http_server(drop_first: int) -> tuple[int, list[int], socket.socket]:
+    """A raw HTTP server that closes its first ``drop_first`` connections without answering (a reset seen by
+    the client as a read error), then answers 200."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    seen: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                seen.append(1)
+                conn.recv(4096)
+                if len(seen) > drop_first:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1], seen, srv
+
+
+async def test_a_dependency_probe_retries_one_dropped_connection_but_not_a_refused_one():
+    from services.common.app import _Health
+    from services.common.http import close_shared_client
+    from services.common.settings import BaseServiceSettings
+
+    port, seen, srv = _flaky_http_server(drop_first=1)
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    dead_port = refused.getsockname()[1]
+    refused.close()
+    try:
+        health = _Health(BaseServiceSettings(_env_file=None), [], [])
+        assert await health.probe(Dependency("flaky", f"http://127.0.0.1:{port}")) == (True, "HTTP 200")
+        assert len(seen) == 2  # dropped once, answered on the retry
+        ok, detail = await health.probe(Dependency("dead", f"http://127.0.0.1:{dead_port}"))
+        assert ok is False and detail == "unreachable: ConnectError"
+        port2, seen2, srv2 = _flaky_http_server(drop_first=5)
+        ok, detail = await health.probe(Dependency("down", f"http://127.0.0.1:{port2}"))
+        assert ok is False and detail.startswith("unreachable") and len(seen2) == 2  # one retry only
+        srv2.close()
+    finally:
+        srv.close()
+        await close_shared_client()
