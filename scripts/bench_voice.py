@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -153,6 +154,7 @@ def main() -> None:
           f"median {statistics.median(durs):.1f} s; CPUs: {os.cpu_count()}")
     fleet = None
     url = args.url
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the fleet below is stopped on kill too
     if url is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))
         fleet = Fleet.from_procfile(tmp, common={"MEMORY_DB_PATH": str(tmp / "memory.sqlite3"),

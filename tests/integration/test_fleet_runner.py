@@ -134,8 +134,14 @@ def test_runner_starts_the_fleet_prints_urls_and_ctrl_c_leaves_nothing(tmp_path)
             runner.send_signal(signal.SIGINT)  # what Ctrl-C delivers
             assert runner.wait(timeout=30) == 0, log.read_text()
         finally:
-            if runner.poll() is None:
-                os.killpg(runner.pid, signal.SIGKILL)
+            if runner.poll() is None:  # a failed assertion above: stop the fleet the way Ctrl-C does, so honcho
+                runner.send_signal(signal.SIGINT)  # takes its services (own process groups) down with it
+                try:
+                    runner.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(runner.pid, signal.SIGKILL)
+                    for pid in service_pids(ports):
+                        os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     leftovers = {p for p in services if alive(p)}
     assert not leftovers, f"processes left behind: {leftovers}"
