@@ -32,7 +32,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -112,10 +111,13 @@ def install_rate_limit(app: FastAPI, limiter: Limiter) -> None:
     app.add_exception_handler(RateLimitExceeded, rate_limited)
 
 
-def describe_storage(uri: str) -> str:
-    """The storage URL without credentials, for /health/ready."""
-    parts = urlsplit(uri)
-    if not (parts.password or parts.username):
-        return uri
-    netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+def check_rate_limit(value: str) -> str:
+    """A RATE_LIMIT setting's value, checked: slowapi/limits notation (``10/minute``, ``100/hour;10/minute``)."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"RATE_LIMIT {value!r} is not a rate limit like '10/minute' (slowapi notation): {exc}") \
+            from None
+    return value

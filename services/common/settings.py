@@ -12,14 +12,38 @@ Tests build ``Settings(_env_file=None, ...)`` and never touch ``os.environ``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMON_ENV_FILE = REPO_ROOT / ".env.common"
+
+
+def data_path(filename: str) -> Path:
+    """Default place of a service's data file: ``$XDG_DATA_HOME/audio-orchestrator/<filename>``
+    (``~/.local/share/...`` when XDG_DATA_HOME is unset)."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "audio-orchestrator" / filename
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials (user info becomes ``***``, as does a ``password`` query parameter): safe
+    for logs, errors and /health/ready."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if "@" not in parts.netloc and not any(k.lower() == "password" for k, _ in pairs):
+        return url  # nothing to hide: unchanged (urlunsplit would turn "memory://" into "memory:")
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*") \
+        if pairs else parts.query
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def service_env_files(settings_module_file: str) -> tuple[Path, Path]:

@@ -13,7 +13,8 @@ from services.common import context
 from services.common.app import create_service_app
 from services.guardrails.escalations import EscalationStore
 from services.guardrails.pipeline import Guard, Verdict
-from services.common.ratelimit import SESSION_STATE, build_limiter, describe_storage, install_rate_limit
+from services.common.ratelimit import SESSION_STATE, build_limiter, install_rate_limit
+from services.common.settings import redact_url
 from services.guardrails.settings import Settings
 
 
@@ -126,7 +127,7 @@ def create_app(settings: Settings, guard: Guard | None = None, store: Escalation
     async def config() -> dict[str, Any]:
         """The checks this instance runs and the fail mode its consumers should apply."""
         return {**guard.describe(), "rate_limit": settings.rate_limit,
-                "rate_limit_storage": describe_storage(settings.storage_uri())}
+                "rate_limit_storage": redact_url(settings.storage_uri())}
 
     components = [*guard.components(), store]
     app = create_service_app(settings, components=components, routers=[router], title="guardrails")

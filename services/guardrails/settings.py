@@ -8,7 +8,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from services.common.settings import BaseServiceSettings, service_env_files
+from services.common.ratelimit import check_rate_limit
+from services.common.settings import BaseServiceSettings, data_path, service_env_files
 
 INPUT_SCANNERS = ("normalize", "patterns", "classifier", "toxicity")
 """Scanner names POST /validate/input can run (services/guardrails/scanners.py builds them by name)."""
@@ -113,13 +114,7 @@ class Settings(BaseServiceSettings):
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(value)
-        except ValueError as exc:
-            raise ValueError(f"RATE_LIMIT {value!r} is not a rate limit like '10/minute': {exc}") from None
-        return value
+        return check_rate_limit(value)
 
     @field_validator("rate_limit_storage_url")
     @classmethod
@@ -135,10 +130,7 @@ class Settings(BaseServiceSettings):
         """GUARDRAILS_DB_PATH, or the default under the XDG data directory."""
         if self.guardrails_db_path is not None:
             return self.guardrails_db_path.expanduser()
-        import os
-
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        return base / "audio-orchestrator" / "guardrails.sqlite3"
+        return data_path("guardrails.sqlite3")
 
     def storage_uri(self) -> str:
         url = self.rate_limit_storage_url.get_secret_value().strip() if self.rate_limit_storage_url else ""

@@ -31,7 +31,8 @@ from services.common.errors import (
     ServiceError,
     UpstreamFailedError,
 )
-from services.common.ratelimit import SESSION_STATE, build_limiter, describe_storage, install_rate_limit
+from services.common.ratelimit import SESSION_STATE, build_limiter, install_rate_limit
+from services.common.settings import redact_url
 from services.orchestrator_enhanced.agent import Agent, describe_tools, load_system_prompt
 from services.orchestrator_enhanced.guard import Guardrails
 from services.orchestrator_enhanced.llm import build_models
@@ -255,7 +256,7 @@ def create_app(settings: Settings, *, orchestrator: Orchestrator | None = None,
                 "enable_preprocessing": settings.enable_preprocessing, "prompt_version": settings.prompt_version,
                 "llm_primary": settings.llm_primary_url, "llm_fallback": settings.llm_fallback_url,
                 "tts_primary": settings.tts_primary_url, "tts_fallback": settings.tts_fallback_url,
-                "rate_limit": settings.rate_limit, "rate_limit_storage": describe_storage(settings.storage_uri()),
+                "rate_limit": settings.rate_limit, "rate_limit_storage": redact_url(settings.storage_uri()),
                 "memory": orch.memory.describe()}
 
     deps = [Dependency("llm-primary", settings.llm_primary_url, required=False)]

@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import redis
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, message_to_dict, trim_messages
@@ -49,6 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
+from services.common.settings import redact_url
 from services.orchestrator_enhanced.settings import Settings
 
 with warnings.catch_warnings():  # importing the package warns that it is being sunset; these stores are still its
@@ -235,20 +236,6 @@ def redis_key(key_prefix: str, session_id: str) -> str:
     """The Redis list of a session: the prefix and the percent-encoded id (ASCII, no ``:``), so no two ids share
     a key and no id reaches outside the prefix."""
     return key_prefix + quote(session_id, safe="")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without credentials (user info becomes ``***``, as does a ``password`` query parameter): safe
-    for logs, errors and /health/ready."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class _RedisHistory(RedisChatMessageHistory):

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import BaseServiceSettings, service_env_files
+from services.common.ratelimit import check_rate_limit
+from services.common.settings import BaseServiceSettings, data_path, service_env_files
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 """Versioned system prompts shipped with the service: ``prompts/<PROMPT_VERSION>.md``."""
@@ -170,13 +170,7 @@ class Settings(BaseServiceSettings):
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(value)
-        except ValueError as exc:
-            raise ValueError(f"RATE_LIMIT {value!r} is not slowapi notation (e.g. 10/minute): {exc}") from exc
-        return value
+        return check_rate_limit(value)
 
     @field_validator("assistant_timezone")
     @classmethod
@@ -193,8 +187,7 @@ class Settings(BaseServiceSettings):
     def memory_path(self) -> Path:
         if self.memory_db_path is not None:
             return self.memory_db_path
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        return base / "audio-orchestrator" / "memory.sqlite3"
+        return data_path("memory.sqlite3")
 
     def storage_uri(self) -> str:
         return self.rate_limit_storage_url or "memory://"
