@@ -102,6 +102,17 @@ def effective_deadline(timeout_s: float | None) -> Deadline | None:
     return current.sooner(timeout_s)
 
 
+PRIMARY_SHARE = 0.6
+"""Share of a request's remaining time a primary may use when a fallback waits behind it."""
+
+
+def primary_budget(cap_s: float) -> float:
+    """Seconds a primary (LLM, TTS) may take with a fallback behind it: at most ``cap_s`` and at most
+    PRIMARY_SHARE of what is left of the request's deadline, so the fallback always has time."""
+    current = get_deadline()
+    return cap_s if current is None else min(cap_s, current.remaining() * PRIMARY_SHARE)
+
+
 def reset_correlation_id(token: contextvars.Token) -> None:
     _correlation_id.reset(token)
 

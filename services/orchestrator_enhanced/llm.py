@@ -48,10 +48,6 @@ from services.orchestrator_enhanced.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PRIMARY_SHARE = 0.6
-"""Share of the turn's remaining time the primary LLM may use when a fallback is configured."""
-
-
 def openai_base_url(url: str) -> str:
     """``http://host:port`` -> ``http://host:port/v1`` (kept when it already ends in /v1)."""
     url = url.rstrip("/")
@@ -167,8 +163,7 @@ class FailoverMiddleware(AgentMiddleware):
             raise DeadlineExceededError("the turn's deadline passed before the LLM call")
         if not primary or self.fallback is None:
             return left
-        share = left * PRIMARY_SHARE if left is not None else self.primary_timeout_s
-        return min(self.primary_timeout_s, share)
+        return context.primary_budget(self.primary_timeout_s)
 
     def _with_headers(self, request: ModelRequest) -> ModelRequest:
         headers = dict(request.model_settings.get("extra_headers") or {})

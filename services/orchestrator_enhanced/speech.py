@@ -27,9 +27,6 @@ from services.orchestrator_enhanced.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PRIMARY_SHARE = 0.6
-
-
 @dataclass(frozen=True)
 class Transcript:
     text: str
@@ -103,8 +100,8 @@ class Speech:
         if left is not None and left <= 0:
             raise DeadlineExceededError("the turn's deadline passed before speaking")
         budget = self.settings.tts_primary_timeout_s
-        if self.tts_fallback is not None and left is not None:
-            budget = min(budget, left * PRIMARY_SHARE)
+        if self.tts_fallback is not None:
+            budget = context.primary_budget(budget)
         body: dict[str, object] = {"text": text, "stream": False}
         if self.settings.tts_voice:
             body["voice"] = self.settings.tts_voice
