@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -44,6 +45,29 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", *, start_timeout_s: float
         server.should_exit = True
         thread.join(timeout=start_timeout_s)
         sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for a service a test starts as its own process)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout_s: float = 120.0, poll_s: float = 0.05) -> None:
+    """Poll ``url``/health/ready until it answers 200; AssertionError with the last answer after ``timeout_s``."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = httpx.get(f"{url}/health/ready", timeout=5)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}: {r.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > give_up:
+            raise AssertionError(f"{url} not ready after {timeout_s:.0f} s ({last})")
+        time.sleep(poll_s)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

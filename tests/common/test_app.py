@@ -23,6 +23,7 @@ from services.common.audio import AudioSegment, decode_audio, encode_wav
 from services.common.errors import EngineNotReadyError
 from services.common.inference import InferenceRunner
 from services.common.logging import configure_logging
+from services.common.testing import free_port
 from services.common.settings import BaseServiceSettings
 from services.common.testing import serve_in_thread
 
@@ -265,12 +266,6 @@ async def test_metrics_count_requests_by_templated_route_and_status(client):
 
 
 # --- readiness with a real server (lifespan runs) ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ready_waits_for_the_component_and_reports_it():

@@ -13,7 +13,6 @@ import importlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,11 @@ from pathlib import Path
 
 import httpx
 
+from services.common.testing import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 _LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.*?)\s*python -m (\S+)\s*$")
 _LOOPBACK = re.compile(r"http://127\.0\.0\.1:(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

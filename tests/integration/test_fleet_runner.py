@@ -21,17 +21,12 @@ import openai
 import pytest
 
 from services.tts_bark.testing import build_random_bark
+from services.common.testing import free_port
 from tests.integration.fleet import Fleet
 from tests.llm_flan.tiny_t5 import build_tiny_t5
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def procfile_on_free_ports(tmp_path: Path) -> tuple[Path, dict[str, int]]:

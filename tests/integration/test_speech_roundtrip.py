@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 
-import httpx
 import jiwer
 import openai
 import pytest
@@ -18,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from services.audio_preprocessor.app import create_app as create_preprocessor
 from services.audio_preprocessor.settings import Settings as PreSettings
-from services.common.testing import serve_in_thread
+from services.common.testing import serve_in_thread, wait_ready
 from services.stt.app import create_app as create_stt
 from services.stt.settings import Settings as SttSettings
 from services.tts.app import create_app as create_tts
@@ -44,13 +42,6 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
 
-def wait_ready(url: str) -> None:
-    for _ in range(600):
-        if httpx.get(f"{url}/health/ready").status_code == 200:
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"{url} never became ready")
-
 
 def counter(name: str, **labels: str) -> float:
     """Sum of a counter over the samples matching ``labels`` (every service of this process shares a registry)."""
@@ -66,7 +57,7 @@ def clients():
         assert stt_settings.enable_preprocessing, "the default pipeline denoises before transcribing"
         with serve_in_thread(create_stt(stt_settings)) as stt_url:
             for url in (pre_url, tts_url, stt_url):
-                wait_ready(url)
+                wait_ready(url, timeout_s=60)
             yield (openai.OpenAI(base_url=f"{tts_url}/v1", api_key="x", max_retries=0),
                    openai.OpenAI(base_url=f"{stt_url}/v1", api_key="x", max_retries=0))
 

@@ -16,7 +16,7 @@ from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from services.common.testing import serve_in_thread
+from services.common.testing import serve_in_thread, wait_ready
 from services.llm.app import create_app
 from services.llm.settings import Settings
 
@@ -45,19 +45,12 @@ SEARCH = {
 }
 
 
-def wait_ready(base: str) -> None:
-    for _ in range(400):
-        if httpx.get(f"{base}/health/ready").status_code == 200:
-            return
-        threading.Event().wait(0.05)
-    raise AssertionError(httpx.get(f"{base}/health/ready").text)
-
 
 @pytest.fixture(scope="module")
 def url():
     app = create_app(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     with serve_in_thread(app) as base:
-        wait_ready(base)
+        wait_ready(base, timeout_s=20)
         yield base
 
 
@@ -66,7 +59,7 @@ def small_url():
     """A 256-token context, so that over-long histories stay cheap to evaluate."""
     app = create_app(Settings(_env_file=None, llm_n_ctx=SMALL_CTX, llm_max_tokens=32))
     with serve_in_thread(app) as base:
-        wait_ready(base)
+        wait_ready(base, timeout_s=20)
         yield base
 
 
@@ -322,7 +315,7 @@ def test_a_full_queue_answers_503_with_retry_after():
     long = {"model": "llm", "max_tokens": 400, "temperature": 0, "stream": True,
             "messages": [{"role": "user", "content": "Write a long essay about the history of Rome."}]}
     with serve_in_thread(app) as base:
-        wait_ready(base)
+        wait_ready(base, timeout_s=20)
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=long, timeout=60) as first:
             assert first.status_code == 200
             lines = first.iter_lines()  # kept: a dropped iterator closes the response

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from langchain_core.messages import HumanMessage
 
-from services.common.testing import serve_in_thread
+from services.common.testing import serve_in_thread, wait_ready
 from services.guardrails.app import create_app as create_guardrails_app
 from services.guardrails.settings import Settings as GuardSettings
 from services.orchestrator_enhanced.agent import Agent, load_system_prompt
@@ -30,15 +30,6 @@ from services.orchestrator_enhanced.tools import build_tools
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port
 
-
-def wait_ready(url: str, timeout_s: float = 120) -> None:
-    give_up = time.monotonic() + timeout_s
-    while True:
-        r = httpx.get(f"{url}/health/ready")
-        if r.status_code == 200:
-            return
-        assert time.monotonic() < give_up, r.text
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

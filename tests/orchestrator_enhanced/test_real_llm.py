@@ -6,15 +6,11 @@ deadline reach the LLM server."""
 
 from __future__ import annotations
 
-import socket
-import time
-
-import httpx
 import pytest
 from fastapi import Request
 
 from services.common import context
-from services.common.testing import serve_in_thread
+from services.common.testing import free_port, serve_in_thread, wait_ready
 from services.llm.app import create_app as create_llm_app
 from services.llm.settings import Settings as LlmSettings
 from services.orchestrator_enhanced.agent import Agent, AgentAnswer, TextDelta, load_system_prompt
@@ -24,12 +20,6 @@ from services.orchestrator_enhanced.tools import build_tools
 from services.orchestrator_enhanced.turn import TurnContext
 
 seen_headers: list[dict[str, str]] = []
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +33,7 @@ def llm_url():
         return await call_next(request)
 
     with serve_in_thread(app) as url:
-        give_up = time.monotonic() + 120
-        while httpx.get(f"{url}/health/ready").status_code != 200:
-            assert time.monotonic() < give_up, "llm did not become ready"
-            time.sleep(0.2)
+        wait_ready(url)
         yield url
 
 
@@ -76,7 +63,7 @@ async def test_streamed_tokens_add_up_to_the_answer_once(llm_url):
 
 
 async def test_a_dead_primary_fails_over_to_the_real_fallback_with_tools_bound(llm_url):
-    agent = agent_for(f"http://127.0.0.1:{closed_port()}", llm_url)
+    agent = agent_for(f"http://127.0.0.1:{free_port()}", llm_url)
     deltas, answer = await run_streamed(agent, "What is 12 times 7?")
     assert answer.llm_engine == "llm"
     assert answer.text.strip() and "".join(deltas) == answer.text

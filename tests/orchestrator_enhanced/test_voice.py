@@ -20,7 +20,7 @@ import soundfile as sf
 from prometheus_client import REGISTRY
 
 from services.common.metrics import service
-from services.common.testing import serve_in_thread
+from services.common.testing import serve_in_thread, wait_ready
 from services.orchestrator_enhanced.agent import Agent, load_system_prompt
 from services.orchestrator_enhanced.app import create_app
 from services.orchestrator_enhanced.guard import Guardrails
@@ -40,19 +40,13 @@ SPEECH = ROOT.parent / "shared" / "eval" / "A" / "clean" / "ps_goforward.wav"  #
 DEAD = "http://127.0.0.1:9"
 
 
-def wait_ready(url: str, timeout_s: float = 180) -> None:
-    give_up = time.monotonic() + timeout_s
-    while httpx.get(f"{url}/health/ready").status_code != 200:
-        assert time.monotonic() < give_up, f"{url} not ready"
-        time.sleep(0.1)
-
 
 @pytest.fixture(scope="module")
 def speech_urls() -> Iterator[tuple[str, str]]:
     with serve_in_thread(create_tts_app(TtsSettings(_env_file=None))) as tts, \
             serve_in_thread(create_stt_app(SttSettings(_env_file=None, enable_preprocessing=False))) as stt:
-        wait_ready(tts)
-        wait_ready(stt)
+        wait_ready(tts, timeout_s=180)
+        wait_ready(stt, timeout_s=180)
         yield stt, tts
 
 

@@ -4,7 +4,6 @@ optional preprocessing step and its fallback to raw audio."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ from fastapi.responses import Response
 from prometheus_client import REGISTRY
 
 from services.common.audio import AudioSegment, decode_audio, encode_audio, encode_wav
-from services.common.testing import serve_in_thread
+from services.common.testing import serve_in_thread, wait_ready
 from services.stt.app import create_app
 from services.stt.settings import Settings
 
@@ -23,19 +22,12 @@ EVAL_A = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "A"
 CLIP = EVAL_A / "clean" / "vbd_p232_011_clean.wav"  # "When a man looks for something beyond his reach..."
 
 
-def wait_ready(url: str) -> None:
-    for _ in range(600):
-        if httpx.get(f"{url}/health/ready").status_code == 200:
-            return
-        threading.Event().wait(0.05)
-    raise AssertionError("stt never became ready")
-
 
 @pytest.fixture(scope="module")
 def url():
     app = create_app(Settings(_env_file=None, enable_preprocessing=False, stt_max_audio_s=20, stt_max_upload_bytes=3_000_000))
     with serve_in_thread(app) as base:
-        wait_ready(base)
+        wait_ready(base, timeout_s=30)
         yield base
 
 
@@ -155,7 +147,7 @@ def test_preprocessing_is_used_and_falls_back_to_raw_audio(mode, reason):
                             preprocessor_timeout_s=1.0)
         before = fallbacks(reason) if reason else 0
         with serve_in_thread(create_app(settings)) as url:
-            wait_ready(url)
+            wait_ready(url, timeout_s=30)
             r = post(url, CLIP.read_bytes())
     assert r.status_code == 200, r.text
     assert "pot of gold" in r.json()["text"].lower()  # the turn is never lost
@@ -177,7 +169,7 @@ def test_preprocessor_answering_garbage_falls_back_to_raw_audio():
         settings = Settings(_env_file=None, enable_preprocessing=True, preprocessor_url=pre_url)
         before = fallbacks("error")
         with serve_in_thread(create_app(settings)) as url:
-            wait_ready(url)
+            wait_ready(url, timeout_s=30)
             r = post(url, CLIP.read_bytes())
     assert r.status_code == 200 and r.json()["preprocessed"] is False
     assert "pot of gold" in r.json()["text"].lower()
@@ -192,7 +184,7 @@ def test_the_preprocess_field_overrides_the_service_default(service_default, ask
     with serve_in_thread(preprocessor("ok", seen)) as pre_url:
         settings = Settings(_env_file=None, enable_preprocessing=service_default, preprocessor_url=pre_url)
         with serve_in_thread(create_app(settings)) as url:
-            wait_ready(url)
+            wait_ready(url, timeout_s=30)
             fields = {} if asked is None else {"preprocess": asked}
             r = post(url, CLIP.read_bytes(), **fields)
     assert r.status_code == 200 and r.json()["preprocessed"] is used
