@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -68,6 +70,38 @@ def wait_ready(url: str, timeout_s: float = 120.0, poll_s: float = 0.05) -> None
         if time.monotonic() > give_up:
             raise AssertionError(f"{url} not ready after {timeout_s:.0f} s ({last})")
         time.sleep(poll_s)
+
+
+REDIS_SERVER = shutil.which("redis-server")
+"""The redis-server binary, or None (tests of Redis-backed features skip with a reason; CI installs it)."""
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A throw-away redis-server on 127.0.0.1:``port`` (nothing saved to disk), answering PING when returned."""
+    import redis
+
+    if REDIS_SERVER is None:
+        raise RuntimeError("redis-server is not on PATH (apt-get install -y redis-server)")
+    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):
+            try:
+                if client.ping():
+                    return proc
+            except redis.ConnectionError:
+                time.sleep(0.025)
+        stop_redis(proc)
+        raise RuntimeError("redis-server did not start")
+    finally:
+        client.close()
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

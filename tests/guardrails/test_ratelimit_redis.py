@@ -6,55 +6,28 @@ The redis Python client is a dependency of the guardrails extra.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from services.common.testing import REDIS_SERVER, free_port, start_redis, stop_redis
 from services.guardrails.settings import Settings
 from tests.guardrails.test_app import running
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH "
                                 "(apt-get install -y redis-server); Redis-shared rate limits not tested")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    import redis
-
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     try:
-        for _ in range(200):
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        else:
-            pytest.fail("redis-server did not start")
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_redis(proc)
 
 
 def test_two_instances_share_one_clients_count(redis_url, tmp_path):

@@ -13,16 +13,11 @@ skipped without it; the redis Python client is a dependency of the orchestrator 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import sqlite3
-import subprocess
-import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import closing
-from pathlib import Path
 
 import pytest
 import redis
@@ -30,6 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.messages.utils import count_tokens_approximately
 
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
+from services.common.testing import REDIS_SERVER, free_port, start_redis, stop_redis
 from services.orchestrator_enhanced.memory import (
     ConversationMemory,
     RedisMemory,
@@ -40,7 +36,6 @@ from services.orchestrator_enhanced.memory import (
 )
 from services.orchestrator_enhanced.settings import Settings
 
-REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH "
                                  "(apt-get install -y redis-server); Redis conversation memory not tested")
 
@@ -48,46 +43,16 @@ needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is n
 # --- a real redis-server ---------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    assert REDIS_SERVER is not None
-    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    try:
-        for _ in range(200):
-            try:
-                if client.ping():
-                    return proc
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        _stop_redis(proc)
-        pytest.fail("redis-server did not start")
-    finally:
-        client.close()
-
-
-def _stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not on PATH (apt-get install -y redis-server)")
-    port = _free_port()
-    proc = _start_redis(port, tmp_path_factory.mktemp("redis"))
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop_redis(proc)
+        stop_redis(proc)
 
 
 @pytest.fixture
@@ -366,7 +331,7 @@ async def test_redis_ttl_is_set_and_refreshed_on_every_append(redis_url, raw_red
 
 @needs_redis
 async def test_redis_unreachable_at_start_raises_a_clear_error():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     memory = RedisMemory(f"redis://user:hunter2@127.0.0.1:{port}/0")
     with pytest.raises(UpstreamUnavailableError, match="unreachable") as err:
         await memory.start()
@@ -379,40 +344,40 @@ async def test_redis_unreachable_at_start_raises_a_clear_error():
 
 @needs_redis
 async def test_redis_going_away_raises_upstream_unavailable_and_coming_back_recovers(tmp_path):
-    port = _free_port()
-    proc = _start_redis(port, tmp_path)
+    port = free_port()
+    proc = start_redis(port, tmp_path)
     memory = RedisMemory(f"redis://127.0.0.1:{port}/0")
     try:
         await memory.start()
         await memory.append("s", turn(1))
-        _stop_redis(proc)
+        stop_redis(proc)
         for call in (lambda: memory.load("s"), lambda: memory.append("s", turn(2)), lambda: memory.clear("s")):
             with pytest.raises(UpstreamUnavailableError, match=f"Redis redis://127.0.0.1:{port}/0"):
                 await call()
-        proc = _start_redis(port, tmp_path)  # back, empty (the test server keeps nothing on disk)
+        proc = start_redis(port, tmp_path)  # back, empty (the test server keeps nothing on disk)
         await memory.append("s", turn(3))
         assert contents(await memory.load("s")) == ["question 3", "answer 3"]
     finally:
         await memory.aclose()
         if proc.poll() is None:
-            _stop_redis(proc)
+            stop_redis(proc)
 
 
 @needs_redis
 async def test_redis_down_at_start_recovers_when_it_comes_up(tmp_path):
-    port = _free_port()
+    port = free_port()
     memory = RedisMemory(f"redis://127.0.0.1:{port}/0")
     with pytest.raises(UpstreamUnavailableError):
         await memory.start()
     assert not memory.ready()
-    proc = _start_redis(port, tmp_path)
+    proc = start_redis(port, tmp_path)
     try:
         await memory.append("s", turn(1))
         assert memory.ready()
         assert contents(await memory.load("s")) == ["question 1", "answer 1"]
     finally:
         await memory.aclose()
-        _stop_redis(proc)
+        stop_redis(proc)
 
 
 @pytest.mark.parametrize("url, location", [
