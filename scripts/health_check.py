@@ -46,8 +46,8 @@ def check(url: str, timeout: float) -> tuple[bool, str]:
             reasons = json.loads(e.read() or b"{}").get("reasons")
             if reasons:
                 detail += ": " + "; ".join(reasons)
-        except (ValueError, AttributeError):
-            pass
+        except (ValueError, AttributeError, OSError):
+            pass  # the status alone says not ready; a body that is slow or cut off adds nothing
         return False, detail
     except (urllib.error.URLError, OSError, ValueError) as e:
         return False, f"unreachable: {getattr(e, 'reason', e)}"
