@@ -42,11 +42,14 @@ def raw_server():
 
     def start(response: bytes) -> str:
         state["response"] = response
-        threading.Thread(target=serve, daemon=True).start()
+        state["thread"] = threading.Thread(target=serve, daemon=True)
+        state["thread"].start()
         return f"http://127.0.0.1:{srv.getsockname()[1]}"
 
     yield start
     done.set()
+    if "thread" in state:
+        state["thread"].join(timeout=5)  # it stops accepting before the socket closes under it
     srv.close()
 
 
