@@ -43,9 +43,10 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, message
 from langchain_core.messages.utils import count_tokens_approximately
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from sqlalchemy import Index, event
+from sqlalchemy import Index, MetaData, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
@@ -162,7 +163,7 @@ class SqliteMemory:
         event.listen(engine.sync_engine, "connect", _sqlite_wal)
         try:
             async with engine.begin() as conn:
-                await conn.run_sync(self._converter.get_sql_model_class().metadata.create_all)
+                await conn.run_sync(_create_if_missing, self._converter.get_sql_model_class().metadata)
         except SQLAlchemyError as exc:
             await engine.dispose()
             raise UpstreamUnavailableError(f"conversation memory: cannot open SQLite database {self.path}: "
@@ -218,6 +219,16 @@ class SqliteMemory:
                 await history.aclear()
             except SQLAlchemyError as exc:
                 raise self._failed("clear", exc) from exc
+
+
+def _create_if_missing(conn: Any, metadata: MetaData) -> None:
+    """The table and its index, as ``CREATE ... IF NOT EXISTS``: processes sharing one new file (orchestrator and
+    orchestrator-enhanced start together) race between ``create_all``'s existence check and its CREATE, and
+    the loser would fail with "table message_store already exists"."""
+    for table in metadata.sorted_tables:
+        conn.execute(CreateTable(table, if_not_exists=True))
+        for index in table.indexes:
+            conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:

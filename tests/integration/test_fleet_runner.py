@@ -94,7 +94,8 @@ def test_runner_starts_the_fleet_prints_urls_and_ctrl_c_leaves_nothing(tmp_path)
                 time.sleep(0.5)
             text = log.read_text()
             for name, port in ports.items():
-                assert re.search(rf"{name}\s+http://127\.0\.0\.1:{port}\s.*ready", text), text
+                # the whole state column is "ready" ("NOT READY: ... already exists" once passed a looser pattern)
+                assert re.search(rf"^\s*{name}\s+http://127\.0\.0\.1:{port}\s+docs \S+\s+ready$", text, re.M), text
 
             # health_check.py (make health-check-all) agrees, and exits non-zero for a dead port
             ok = subprocess.run([sys.executable, "scripts/health_check.py", "--procfile", str(procfile)], cwd=ROOT)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import closing
 
@@ -247,6 +249,38 @@ async def test_sqlite_start_fails_with_the_reason(tmp_path):
     with pytest.raises(UpstreamUnavailableError, match="cannot open SQLite database"):
         await memory.start()
     assert not memory.ready()
+
+
+def test_processes_starting_on_one_new_file_at_once_all_become_ready(tmp_path):
+    """orchestrator and orchestrator-enhanced share a memory file (`make run`; one volume in compose) and start
+    together: each must see the table the other just created, not fail on "table message_store already exists".
+    Each start runs on its own event loop and connection, released together, a fresh file per round."""
+    starters = 6
+
+    def start_and_store(path, barrier, index):
+        async def run():
+            memory = SqliteMemory(path)
+            barrier.wait()
+            await memory.start()
+            try:
+                await memory.append(f"s{index}", turn(index))
+            finally:
+                await memory.aclose()
+        try:
+            asyncio.run(run())
+            return None
+        except Exception as exc:  # noqa: BLE001 (reported below, with the round)
+            return exc
+
+    for round_ in range(10):
+        path = tmp_path / f"round{round_}.sqlite3"
+        barrier = threading.Barrier(starters)
+        with ThreadPoolExecutor(starters) as pool:
+            errors = [e for e in pool.map(start_and_store, [path] * starters, [barrier] * starters, range(starters))
+                      if e is not None]
+        assert not errors, f"round {round_}: {errors}"
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT COUNT(DISTINCT session_id) FROM message_store").fetchone()[0] == starters
 
 
 async def test_sqlite_locked_by_another_writer_raises_upstream_unavailable(tmp_path):
