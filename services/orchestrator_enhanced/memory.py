@@ -150,7 +150,7 @@ class SqliteMemory:
         # one model class for every history object (the default converter declares a new one per instance)
         self._converter = DefaultMessageConverter(SQL_TABLE)
         model = self._converter.get_sql_model_class()
-        Index(f"{SQL_TABLE}_session_id", model.session_id)  # created with the table by metadata.create_all
+        Index(f"{SQL_TABLE}_session_id", model.session_id)  # created with the table by _create_if_missing
 
     async def start(self) -> None:
         try:
