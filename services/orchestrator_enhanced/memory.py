@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -140,10 +141,12 @@ class SqliteMemory:
 
     name = "memory"
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
-        """``busy_timeout_s``: how long a write waits for another process's write to finish before failing."""
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, start_wait_s: float = 30.0) -> None:
+        """``busy_timeout_s``: how long a write waits for another process's write to finish before failing.
+        ``start_wait_s``: how long `start` keeps trying while the file is locked by another process (see there)."""
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.start_wait_s = start_wait_s
         self._engine: AsyncEngine | None = None
         self._ready = False
         self._locks = _SessionLocks()
@@ -153,6 +156,11 @@ class SqliteMemory:
         Index(f"{SQL_TABLE}_session_id", model.session_id)  # created with the table by _create_if_missing
 
     async def start(self) -> None:
+        """Open the file, switch it to WAL and create what is missing. Processes that open one new file at once
+        (orchestrator and orchestrator-enhanced under `make run`) contend for it, and the first writes to a new
+        file (the WAL switch, the table) can fail with "database is locked" at once: SQLite skips its busy wait
+        where two connections that each read and then want to write would deadlock. So a locked file is tried
+        again, with backoff, for ``start_wait_s``."""
         try:
             await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
@@ -161,13 +169,22 @@ class SqliteMemory:
         engine = create_async_engine(URL.create("sqlite+aiosqlite", database=str(self.path)),
                                      connect_args={"timeout": self.busy_timeout_s})
         event.listen(engine.sync_engine, "connect", _sqlite_wal)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_create_if_missing, self._converter.get_sql_model_class().metadata)
-        except SQLAlchemyError as exc:
-            await engine.dispose()
-            raise UpstreamUnavailableError(f"conversation memory: cannot open SQLite database {self.path}: "
-                                           f"{getattr(exc, 'orig', None) or exc}") from exc
+        give_up = time.monotonic() + self.start_wait_s
+        pause = 0.02
+        while True:
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_create_if_missing, self._converter.get_sql_model_class().metadata)
+                break
+            except SQLAlchemyError as exc:
+                reason = getattr(exc, "orig", None) or exc
+                if "locked" in str(reason) and time.monotonic() + pause < give_up:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                await engine.dispose()
+                raise UpstreamUnavailableError(f"conversation memory: cannot open SQLite database {self.path}: "
+                                               f"{reason}") from exc
         self._engine = engine
         self._ready = True
 

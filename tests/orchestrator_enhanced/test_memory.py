@@ -283,6 +283,32 @@ def test_processes_starting_on_one_new_file_at_once_all_become_ready(tmp_path):
             assert conn.execute("SELECT COUNT(DISTINCT session_id) FROM message_store").fetchone()[0] == starters
 
 
+async def test_start_waits_out_another_process_holding_the_new_file(tmp_path):
+    """A start that meets a locked file tries again (SQLite can refuse the WAL switch of a new file at once,
+    without its busy wait) for ``start_wait_s``; after that it fails with the reason."""
+    path = tmp_path / "memory.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another process creating the file: nobody may read or write it
+        memory = SqliteMemory(path, busy_timeout_s=0.02, start_wait_s=0.3)
+        with pytest.raises(UpstreamUnavailableError, match="cannot open SQLite database.*locked"):
+            await memory.start()
+        assert not memory.ready()
+
+        memory = SqliteMemory(path, busy_timeout_s=0.02, start_wait_s=30)
+        starting = asyncio.create_task(memory.start())
+        await asyncio.sleep(0.5)
+        assert not starting.done()  # still trying, well past its own busy timeout
+        other.execute("COMMIT")
+        await asyncio.wait_for(starting, 10)
+        assert memory.ready()
+        await memory.append("s", turn(1))
+        assert contents(await memory.load("s")) == ["question 1", "answer 1"]
+        await memory.aclose()
+    finally:
+        other.close()
+
+
 async def test_sqlite_locked_by_another_writer_raises_upstream_unavailable(tmp_path):
     path = tmp_path / "memory.sqlite3"
     memory = SqliteMemory(path, busy_timeout_s=0.05)
