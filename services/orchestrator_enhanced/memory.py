@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 import warnings
 import weakref
@@ -47,8 +48,8 @@ from redis.retry import Retry
 from sqlalchemy import Index, MetaData, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
 from services.common.settings import redact_url
@@ -178,7 +179,8 @@ class SqliteMemory:
                 break
             except SQLAlchemyError as exc:
                 reason = getattr(exc, "orig", None) or exc
-                if "locked" in str(reason) and time.monotonic() + pause < give_up:
+                busy = getattr(reason, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY  # "database is locked"
+                if busy and time.monotonic() + pause < give_up:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 1.0)
                     continue
