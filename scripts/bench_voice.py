@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.integration.fleet import Fleet  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 EVAL_A = ROOT.parent / "shared" / "eval" / "A"
 STAGES = ("preprocess", "stt", "guard_input", "memory", "first_text", "agent", "guard_output", "tts", "first_audio",
@@ -51,10 +52,13 @@ STAGES = ("preprocess", "stt", "guard_input", "memory", "first_text", "agent", "
 
 def pick_utterances(n: int, target_s: float = 3.0) -> list[Path]:
     """The ``n`` clean recordings of eval/A whose duration is closest to ``target_s``."""
+    require_eval_data(EVAL_A / "manifest.json")
     manifest = json.loads((EVAL_A / "manifest.json").read_text())
     clean = sorted((abs(float(item["dur"]) - target_s), item["file"]) for item in manifest
                    if str(item["file"]).startswith("clean/"))
-    return [EVAL_A / name for _, name in clean[:n]]
+    chosen = [EVAL_A / name for _, name in clean[:n]]
+    require_eval_data(*chosen)
+    return chosen
 
 
 def one_turn(url: str, wav: Path, session: str) -> dict:

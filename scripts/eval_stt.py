@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import jiwer  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 DEFAULT_EVAL = ROOT.parent / "shared" / "eval" / "A"
 
@@ -47,7 +48,9 @@ def main() -> int:
     p.add_argument("--show-errors", action="store_true", help="print each file whose WER is above 0")
     args = p.parse_args()
 
+    require_eval_data(args.eval_dir / "transcripts.tsv", option="--eval-dir")
     rows = list(csv.DictReader((args.eval_dir / "transcripts.tsv").open(), delimiter="\t"))
+    require_eval_data(*(args.eval_dir / row["filename"] for row in rows), option="--eval-dir")
     with ExitStack() as stack:
         url = args.url
         model = "(remote)"

@@ -20,6 +20,58 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.enhanced.yml")
+LOCK_PYTHON = "3.11"  # scripts/lock.py resolves lock/ for it
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    """``{normalised name: version}`` of a lock file."""
+    return {re.sub(r"[-_.]+", "-", n).lower(): v for n, v in PIN.findall(path.read_text())}
+
+
+def run_commands(dockerfile_text: str) -> list[str]:
+    """The shell text of each RUN instruction, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", dockerfile_text)
+    return [m.group(1) for m in re.finditer(r"^RUN\s+(.*)$", joined, re.M)]
+
+
+def check_pip_installs(where: str, command: str, root: Path, problems: list[str]) -> None:
+    """Each ``pip install`` in ``command`` installs from the lock: --no-deps, requirement files under lock/ with
+    --require-hashes, or the project itself; never a package named on the command line."""
+    for part in re.split(r"&&|;|\|\|", command):
+        words = part.split()
+        if "pip" not in words or "install" not in words[words.index("pip"):]:
+            continue
+        args = words[words.index("install", words.index("pip")) + 1:]
+        if "--no-deps" not in args:
+            problems.append(f"{where}: pip install without --no-deps (the lock is complete): {part.strip()}")
+        reqs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-r", "--requirement")]
+        for req in reqs:
+            if not req.startswith("lock/") or not (root / req).is_file():
+                problems.append(f"{where}: installs {req}, which is not a file under lock/")
+        if reqs and "--require-hashes" not in args:
+            problems.append(f"{where}: installs {' '.join(reqs)} without --require-hashes")
+        values = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-r", "--requirement", "--extra-index-url")}
+        targets = [a for a in args if not a.startswith("-") and a not in values]
+        if any(t != "." for t in targets):
+            problems.append(f"{where}: pip install names {' '.join(t for t in targets if t != '.')}; "
+                            "versions come from lock/ only")
+
+
+def check_locks(root: Path, problems: list[str]) -> None:
+    """Every lock/<name>.txt pins the versions lock/all.txt pins (they are resolved from it: make lock)."""
+    all_txt = root / "lock" / "all.txt"
+    if not all_txt.is_file():
+        problems.append("lock/all.txt missing (make lock)")
+        return
+    pins = lock_pins(all_txt)
+    for path in sorted((root / "lock").glob("*.txt")):
+        if path.name in ("all.txt", "overrides.txt"):
+            continue
+        for name, version in lock_pins(path).items():
+            if pins.get(name) != version:
+                problems.append(f"lock/{path.name} pins {name}=={version}, lock/all.txt "
+                                f"{'pins ' + pins[name] if name in pins else 'does not have it'} (make lock)")
 
 
 def load_compose(path: Path, problems: list[str], seen: set[Path] | None = None) -> dict[str, dict]:
@@ -69,8 +121,14 @@ def _check_dockerfile(
     m = re.search(r"\bPORT=(\d+)", text)
     if container_port is not None and (not m or int(m[1]) != container_port):
         problems.append(f"{name}: {rel} ENV PORT={m[1] if m else '?'} but compose maps container port {container_port}")
-    if "constraints.txt" not in text:
-        problems.append(f"{name}: {rel} installs without -c constraints.txt (torch pin)")
+    py = re.search(r"^ARG\s+PYTHON_VERSION=(\S+)", text, re.M)
+    if not py or py[1] != LOCK_PYTHON:
+        problems.append(f"{name}: {rel} builds on Python {py[1] if py else '?'}, lock/ is resolved for {LOCK_PYTHON}")
+    commands = run_commands(text)
+    if not any(re.search(r"-r\s+lock/(?!build\.txt)\S+\.txt", c) for c in commands):
+        problems.append(f"{name}: {rel} does not install its service's lock file (lock/<extra>.txt)")
+    for command in commands:
+        check_pip_installs(f"{name}: {rel}", command, root, problems)
     for src in re.findall(r"^COPY\s+(?!--from)(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):
         for item in src.split():
             if not (root / item).exists():
@@ -129,6 +187,7 @@ def validate(root: Path = ROOT) -> list[str]:
             if hc and mapped and not any(f":{mapped[0][1]}/" in str(t) for t in hc):
                 problems.append(f"{name}: healthcheck does not probe container port {mapped[0][1]}")
 
+    check_locks(root, problems)
     procfile = root / "Procfile"
     local = {}
     if procfile.exists():

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import validate_compose  # noqa: E402
 
 from services.common.settings import BaseServiceSettings  # noqa: E402
-from services.common.testing import read_env_file  # noqa: E402
+from services.common.testing import TEST_AUDIO, read_env_file  # noqa: E402
 
 
 def env_keys(path: Path) -> set[str]:
@@ -53,7 +53,7 @@ def test_compose_files_validate():
 def repo_copy(tmp_path):
     dest = tmp_path / "repo"
     shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".git", ".run", "__pycache__", "*.egg-info",
-                                                              ".pytest_cache"))
+                                                              ".pytest_cache", ".cache"))
     return dest
 
 
@@ -185,7 +185,78 @@ def test_readme_port_table_matches_compose():
     assert len(set(r.split(":")[0] for r in rows.values())) == len(rows), "README host ports clash"
 
 
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("-r lock/tts.txt", "-r lock/tts.txt piper-tts==1.3.0"), "pip install names piper-tts==1.3.0"),
+    (lambda t: t.replace("--require-hashes -r lock/tts.txt", "-r lock/tts.txt"), "without --require-hashes"),
+    (lambda t: t.replace("--no-deps --require-hashes -r lock/tts.txt", "--require-hashes -r lock/tts.txt"),
+     "without --no-deps"),
+    (lambda t: t.replace("-r lock/tts.txt", "-r requirements.txt"), "requirements.txt, which is not a file under lock/"),
+    (lambda t: t.replace("ARG PYTHON_VERSION=3.11", "ARG PYTHON_VERSION=3.12"), "builds on Python 3.12"),
+])
+def test_validation_catches_a_dockerfile_that_installs_around_the_lock(repo_copy, edit, expected):
+    df = repo_copy / "services/tts/Dockerfile"
+    df.write_text(edit(df.read_text()))
+    problems = "\n".join(validate_compose.validate(repo_copy))
+    assert f"tts: services/tts/Dockerfile" in problems and expected in problems, problems
+
+
+def test_validation_catches_a_service_lock_that_disagrees_with_the_full_lock(repo_copy):
+    lock = repo_copy / "lock/tts.txt"
+    version = re.search(r"^numpy==(\S+)", lock.read_text(), re.M)[1]
+    lock.write_text(lock.read_text().replace(f"numpy=={version}", "numpy==1.0.0"))
+    assert f"lock/tts.txt pins numpy==1.0.0, lock/all.txt pins {version}" in "\n".join(validate_compose.validate(repo_copy))
+
+
+def test_the_makefile_and_ci_install_only_from_the_lock():
+    """Versions come from lock/all.txt alone: the Makefile installs through scripts/install_deps.py, which
+    reads it with --require-hashes, and nothing names a package to pip."""
+    makefile, ci = (ROOT / "Makefile").read_text(), (ROOT / ".ci/run").read_text()
+    assert re.search(r"scripts/install_deps\.py --venv \S+ --lock lock/all\.txt", makefile)
+    assert "pip install" not in makefile and "pip install" not in ci and "make test" in ci
+    script = (ROOT / "scripts/install_deps.py").read_text()
+    assert script.count('"--require-hashes"') >= 3 and "constraints.txt" not in script
+
+
 def test_readme_gives_the_two_commands_and_ci_runs_make_test():
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+# --- test data ------------------------------------------------------------------------------------------------
+
+# a path into the evaluation data beside the repository (its regex written so that it does not match itself)
+READS_BESIDE_THE_REPO = re.compile(r"""shared[/\\]eval|["']shared["']\s*/\s*["']eval|parent\s*/\s*["']shared["']""")
+TEST_AUDIO_MAX_BYTES = 5_000_000
+
+
+def test_tests_read_no_data_from_beside_the_repository():
+    """`make test` needs nothing outside the repository: only scripts/eval_*.py and bench_*.py read ../shared."""
+    assert TEST_AUDIO == ROOT / "tests" / "data" / "audio"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "tests").rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".wav"
+        and path != TEST_AUDIO / "SOURCES.md"  # names the eval files the test audio was copied from
+        for n, line in enumerate(path.read_text(errors="ignore").splitlines(), 1)
+        if READS_BESIDE_THE_REPO.search(line)
+    ]
+    assert not offenders, "tests must use tests/data (services.common.testing.audio_file), not ../shared:\n" + \
+        "\n".join(offenders)
+
+
+def test_test_audio_is_small_and_every_file_has_its_source():
+    everything = [p for p in TEST_AUDIO.rglob("*") if p.is_file()]
+    files = sorted(p.relative_to(TEST_AUDIO).as_posix() for p in everything if p.name != "SOURCES.md")
+    listed = dict(re.findall(r"^\| ([\w./-]+) \| (\d+) \|", (TEST_AUDIO / "SOURCES.md").read_text(), re.M))
+    assert files, f"no test audio in {TEST_AUDIO}"
+    assert not set(files) - set(listed), f"not in tests/data/audio/SOURCES.md: {sorted(set(files) - set(listed))}"
+    assert not set(listed) - set(files), f"in SOURCES.md but missing: {sorted(set(listed) - set(files))}"
+    changed = [f for f in files if (TEST_AUDIO / f).stat().st_size != int(listed[f])]
+    assert not changed, f"size differs from SOURCES.md (a changed file needs its row updated): {changed}"
+    size = sum(p.stat().st_size for p in everything)
+    assert size < TEST_AUDIO_MAX_BYTES, f"tests/data/audio holds {size / 1e6:.1f} MB, more than the 5 MB allowed"
+    rows = (TEST_AUDIO / "transcripts.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "filename\treference"
+    named = sorted(row.split("\t")[0] for row in rows[1:])
+    assert named == [f for f in files if f.startswith(("clean/", "noisy/"))], "transcripts.tsv != clean/ + noisy/"

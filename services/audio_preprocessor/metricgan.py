@@ -140,7 +140,7 @@ def _spectral_mask_enhancement() -> type[SpectralMaskEnhancement]:
         from speechbrain.inference.enhancement import SpectralMaskEnhancement
     except ImportError as exc:
         raise EngineFailedError(
-            f"metricgan needs speechbrain ({exc}): pip install -c constraints.txt --no-deps speechbrain, "
+            f"metricgan needs speechbrain ({exc}): make install (lock/all.txt carries speechbrain without torchaudio), "
             "plus the project's denoise extra for its other dependencies (docs/guides/torchaudio-on-cpu.md)"
         ) from exc
     return SpectralMaskEnhancement

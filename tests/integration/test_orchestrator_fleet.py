@@ -4,7 +4,7 @@ tts-bark has no Bark weights, so Piper speaks through it).
 
 - the plan's ``test_full_pipeline_with_flan_t5`` shape: POST /mcp/transcript "What's the weather?" -> 200 with a
   response; the plain orchestrator (ENABLE_LANGCHAIN=false) answers too;
-- a voice turn from a ../shared/eval/A recording returns its transcript, the answer and playable audio, and the
+- a voice turn from a real recording (tests/data/audio) returns its transcript, the answer and playable audio, and the
   streamed variant sends audio per sentence before ``done``;
 - failover: with working primaries (llm-flan on a tiny random T5, tts-bark on a tiny random Bark, since the real
   weights cannot be had offline), stopping both while turns run loses no turn, the fallback counters rise, and
@@ -19,19 +19,17 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import soundfile as sf
 
+from services.common.testing import audio_file
 from services.tts_bark.testing import build_random_bark
 from tests.integration.fleet import Fleet
 from tests.llm_flan.tiny_t5 import build_tiny_t5
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-EVAL_A = ROOT.parent / "shared" / "eval" / "A"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def metric(fleet: Fleet, name: str, family: str, **labels: str) -> float:
 
 
 def reference(filename: str) -> str:
-    for line in (EVAL_A / "transcripts.tsv").read_text().splitlines()[1:]:
+    for line in audio_file("transcripts.tsv").read_text().splitlines()[1:]:
         name, _, text = line.partition("\t")
         if name.endswith(filename):
             return text
@@ -91,7 +89,7 @@ def test_an_injection_is_refused_on_the_fleet(fleet):
 
 
 def test_voice_turn_from_a_real_recording(fleet):
-    wav = EVAL_A / "clean" / "ps_goforward.wav"
+    wav = audio_file("clean/ps_goforward.wav")
     r = httpx.post(f"{fleet['orchestrator-enhanced'].url}/v1/voice/turn", timeout=180,
                    files={"file": (wav.name, wav.read_bytes(), "audio/wav")}, data={"session_id": "fleet-voice"})
     assert r.status_code == 200, r.text
@@ -105,7 +103,7 @@ def test_voice_turn_from_a_real_recording(fleet):
 
 
 def test_streamed_voice_turn_sends_audio_before_done(fleet):
-    wav = EVAL_A / "clean" / "whisper_jfk.wav"
+    wav = audio_file("clean/whisper_jfk.wav")
     events = []
     with httpx.stream("POST", f"{fleet['orchestrator-enhanced'].url}/v1/voice/turn/stream", timeout=180,
                       files={"file": (wav.name, wav.read_bytes(), "audio/wav")}) as r:

@@ -345,3 +345,44 @@ def test_health_ready_describes_the_model(url):
     body = httpx.get(f"{url}/health/ready").json()
     info = body["components"]["llama-cpp"]
     assert body["status"] == "ready" and info["model"] == "SmolLM2-135M-Instruct" and info["n_ctx"] == N_CTX
+
+
+def test_the_service_survives_a_crash_of_llama_cpp_and_says_so_on_health_ready(tmp_path):
+    """The service as it runs in the fleet (``python -m services.llm``, its own process): llama.cpp dying with
+    SIGSEGV leaves the service up; /health/ready names the crash count and a new llama.cpp process, and the
+    openai client is answered again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from services.common.testing import free_port
+
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LLM_N_CTX": str(N_CTX), "LLM_MAX_TOKENS": str(CAP)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.llm"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "llm.log", "wb"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, timeout_s=60)
+        info = httpx.get(f"{base}/health/ready").json()["components"]["llama-cpp"]
+        pid = info["worker_pid"]
+        assert info["crashes"] == 0 and pid != proc.pid
+        os.kill(pid, signal.SIGSEGV)
+        deadline = time.monotonic() + 30
+        while True:
+            r = httpx.get(f"{base}/health/ready")
+            info = r.json()["components"]["llama-cpp"]
+            if r.status_code == 200 and info["crashes"] == 1:
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        assert info["worker_pid"] not in (None, pid) and proc.poll() is None
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+        assert chat(client, max_tokens=3).choices[0].message.content
+        log = (tmp_path / "llm.log").read_text()
+        assert f"llama.cpp (process {pid}) died with SIGSEGV" in log and "llama.cpp CPU backend:" in log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

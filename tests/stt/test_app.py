@@ -4,7 +4,6 @@ optional preprocessing step and its fallback to raw audio."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,12 +13,11 @@ from fastapi.responses import Response
 from prometheus_client import REGISTRY
 
 from services.common.audio import AudioSegment, decode_audio, encode_audio, encode_wav
-from services.common.testing import serve_in_thread, wait_ready
+from services.common.testing import audio_file, serve_in_thread, wait_ready
 from services.stt.app import create_app
 from services.stt.settings import Settings
 
-EVAL_A = Path(__file__).resolve().parents[2].parent / "shared" / "eval" / "A"
-CLIP = EVAL_A / "clean" / "vbd_p232_011_clean.wav"  # "When a man looks for something beyond his reach..."
+CLIP = audio_file("clean/vbd_p232_011_clean.wav")  # "When a man looks for something beyond his reach..."
 
 
 

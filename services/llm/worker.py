@@ -1,0 +1,228 @@
+"""One object in a child process: native code that crashes takes the child down, never the service.
+
+llama.cpp is C++: a fault in it (a bad instruction for this CPU, a bug in a buffer type: llama-cpp-python
+0.3.36 built for the build machine's AMX died with SIGSEGV in ``llama_decode``) kills whatever process it runs
+in. So the llm service keeps the model in a child process (`ChildObject`) and talks to it over a pipe: a
+crash there is an exception here (`ChildDied`, with the signal), the service answers 503 and starts a new
+child, and a test that made it crash fails with the signal's name instead of ending the test run.
+
+The child is started with ``spawn`` (a fresh interpreter: ``fork`` of a process with threads can deadlock)
+and builds its object with ``factory(*args)``; its ``load()`` runs there first. Then the parent calls
+methods by name: ``call`` returns a value, ``iterate`` streams the items of a generator method. Only the
+names given as ``methods`` can be called. Values and exceptions travel pickled; an exception that does not
+pickle arrives as `EngineFailedError` with its text.
+
+The child ends when the parent closes the pipe (or dies: the pipe then reads as closed), so no child
+outlives its service.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from services.common.errors import EngineFailedError
+
+log = logging.getLogger(__name__)
+
+_CANCEL = ("cancel",)
+
+
+class ChildDied(Exception):
+    """The child process ended while the parent waited on it (a crash, or killed)."""
+
+    def __init__(self, pid: int | None, exitcode: int | None) -> None:
+        self.pid = pid
+        self.exitcode = exitcode
+        super().__init__(f"process {pid} {describe_exit(exitcode)}")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``died with SIGSEGV`` / ``exited with status 3`` / ``is gone`` (exit code not known)."""
+    if exitcode is None:
+        return "is gone"
+    if exitcode < 0:
+        try:
+            return f"died with {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"died with signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else an `EngineFailedError` with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return EngineFailedError(f"{type(exc).__name__}: {exc}")
+
+
+def _serve(conn: Connection, factory: Callable[..., Any], args: tuple, methods: frozenset[str],
+           setup: Callable[[], None] | None) -> None:
+    """The child's main loop."""
+    if setup is not None:
+        setup()
+    try:
+        obj = factory(*args)
+        info = obj.load()
+    except BaseException as exc:
+        conn.send(("err", _portable(exc)))
+        return
+    conn.send(("ok", info))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or died
+            return
+        if msg == _CANCEL:  # a cancel that crossed the end of its iteration
+            continue
+        kind, name, call_args = msg
+        if name not in methods:
+            conn.send(("err", EngineFailedError(f"{name!r} cannot be called in the child")))
+            continue
+        try:
+            if kind == "call":
+                conn.send(("ok", getattr(obj, name)(*call_args)))
+                continue
+            gen = getattr(obj, name)(*call_args)
+            for item in gen:
+                conn.send(("item", item))
+                if conn.poll() and conn.recv() == _CANCEL:
+                    gen.close()
+                    break
+            conn.send(("end", None))
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        except Exception as exc:
+            conn.send(("err", _portable(exc)))
+
+
+class ChildObject:
+    """Parent's handle on an object living in a child process. One caller at a time (a lock serialises
+    calls; the llm engine makes one call at a time anyway)."""
+
+    def __init__(self, name: str, factory: Callable[..., Any], *args: Any, methods: frozenset[str],
+                 setup: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self._factory = factory
+        self._args = args
+        self._methods = methods
+        self._setup = setup
+        self._lock = threading.Lock()
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode if self._proc is not None else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def wait(self) -> int | None:
+        """BLOCKING: until the child process ends, however it ends; its exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        multiprocessing.connection.wait([proc.sentinel])
+        # Another thread may be reaping it right now (its waitpid wins, ours reads as "no status" for a
+        # moment): poll until the exit code is recorded.
+        deadline = time.monotonic() + 5
+        while proc.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return proc.exitcode
+
+    def start(self) -> Any:
+        """BLOCKING: start the child, build and load its object; returns what ``load()`` returned. Raises
+        what the load raised, or `ChildDied`."""
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child, self._factory, self._args, self._methods, self._setup),
+                           name=self.name, daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        with self._lock:
+            kind, value = self._recv()
+        if kind == "err":
+            self.stop()
+            raise value
+        return value
+
+    def _recv(self) -> tuple[str, Any]:
+        conn, proc = self._conn, self._proc
+        if conn is None or proc is None:
+            raise ChildDied(None, None)
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            raise ChildDied(proc.pid, self.wait()) from None
+
+    def _send(self, msg: Any) -> None:
+        conn, proc = self._conn, self._proc
+        if conn is None or proc is None:
+            raise ChildDied(None, None)
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            raise ChildDied(proc.pid, self.wait()) from None
+
+    def call(self, name: str, *args: Any) -> Any:
+        """BLOCKING: ``obj.name(*args)`` in the child."""
+        with self._lock:
+            self._send(("call", name, args))
+            kind, value = self._recv()
+        if kind == "err":
+            raise value
+        return value
+
+    def iterate(self, name: str, *args: Any) -> Iterator[Any]:
+        """BLOCKING generator: the items of ``obj.name(*args)``. Closing it early cancels the child's
+        generator at its next item."""
+        with self._lock:
+            self._send(("iter", name, args))
+            finished = False
+            try:
+                while True:
+                    kind, value = self._recv()
+                    if kind == "item":
+                        yield value
+                    elif kind == "end":
+                        finished = True
+                        return
+                    else:
+                        finished = True
+                        raise value
+            finally:
+                if not finished and self.alive():  # closed early: cancel, then drain to the end marker
+                    try:
+                        self._send(_CANCEL)
+                        while self._recv()[0] == "item":
+                            pass
+                    except ChildDied:
+                        pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the pipe (the child's loop ends), then make sure the process is gone."""
+        conn, proc = self._conn, self._proc
+        self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is not None:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout)
