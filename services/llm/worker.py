@@ -13,7 +13,8 @@ names given as ``methods`` can be called. Values and exceptions travel pickled; 
 pickle arrives as `EngineFailedError` with its text.
 
 The child ends when the parent closes the pipe (or dies: the pipe then reads as closed), so no child
-outlives its service.
+outlives its service; it ignores SIGINT and SIGTERM, which a terminal or a process manager sends to the whole
+process group, so that only its parent decides when it ends.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def _portable(exc: BaseException) -> BaseException:
 def _serve(conn: Connection, factory: Callable[..., Any], args: tuple, methods: frozenset[str],
            setup: Callable[[], None] | None) -> None:
     """The child's main loop."""
+    # Ctrl-C and a fleet's SIGTERM reach the whole process group; the child ends with its parent instead (the
+    # parent closes the pipe on shutdown, and a dead parent's pipe reads as closed), so that a stopping service
+    # never sees its llama.cpp "crash" and restart it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if setup is not None:
         setup()
     try:

@@ -362,7 +362,7 @@ def test_the_service_survives_a_crash_of_llama_cpp_and_says_so_on_health_ready(t
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LLM_N_CTX": str(N_CTX), "LLM_MAX_TOKENS": str(CAP)}
     proc = subprocess.Popen([sys.executable, "-m", "services.llm"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "llm.log", "wb"))
+                            stderr=open(tmp_path / "llm.log", "wb"), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, timeout_s=60)
@@ -381,8 +381,16 @@ def test_the_service_survives_a_crash_of_llama_cpp_and_says_so_on_health_ready(t
         assert info["worker_pid"] not in (None, pid) and proc.poll() is None
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
         assert chat(client, max_tokens=3).choices[0].message.content
+        # Ctrl-C reaches the whole process group: the service stops, and its llama.cpp process with it (no
+        # "crash", no restart)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) is not None
         log = (tmp_path / "llm.log").read_text()
         assert f"llama.cpp (process {pid}) died with SIGSEGV" in log and "llama.cpp CPU backend:" in log
+        assert log.count("died with") == 1, log
+        with pytest.raises(ProcessLookupError):
+            os.kill(info["worker_pid"], 0)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
