@@ -61,12 +61,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.audio_preprocessor.streaming import decode_frame, encode_frame  # noqa: E402
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from services.audio_preprocessor.deepfilternet import DeepFilterNetEngine  # noqa: E402
 from services.audio_preprocessor.metricgan import metricgan_weights_available, speechbrain_installed  # noqa: E402
 from services.audio_preprocessor.settings import Settings  # noqa: E402
+from services.audio_preprocessor.streaming import decode_frame, encode_frame  # noqa: E402
 from services.common.audio import AudioSegment, decode_audio, encode_wav  # noqa: E402
-from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 FRAME_S = 0.02
 SHORT_S, LONG_S = 2.0, 3.0

@@ -28,11 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from services.guardrails.pipeline import Pipeline  # noqa: E402
 from services.guardrails.scanners import ClassifierScanner, Scanner, Shared, build_scanners  # noqa: E402
 from services.guardrails.settings import Settings  # noqa: E402
 from tests.guardrails.tiny_bert import build_tiny_bert  # noqa: E402
-from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 csv.field_size_limit(10**8)
 

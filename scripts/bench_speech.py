@@ -40,12 +40,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from services.common.audio import decode_audio  # noqa: E402
 from services.stt import engine as stt_engine  # noqa: E402
 from services.stt.settings import Settings as SttSettings  # noqa: E402
 from services.tts import engine as tts_engine  # noqa: E402
 from services.tts.settings import Settings as TtsSettings  # noqa: E402
-from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 TTS_TEXTS = [
     "Good morning. The weather today is mild, with a light breeze from the west.",

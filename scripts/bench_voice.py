@@ -42,8 +42,9 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.fleet import Fleet  # noqa: E402
 from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
+from tests.integration.fleet import Fleet  # noqa: E402
 
 EVAL_A = ROOT.parent / "shared" / "eval" / "A"
 STAGES = ("preprocess", "stt", "guard_input", "memory", "first_text", "agent", "guard_output", "tts", "first_audio",

@@ -63,9 +63,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import jiwer  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
-
 from eval_data import require_eval_data  # noqa: E402
 from eval_stt import normalise  # noqa: E402  (one normalisation for every WER figure)
+
 from services.common.audio import AudioSegment  # noqa: E402
 
 DEFAULT_EVAL = ROOT.parent / "shared" / "eval"

@@ -197,7 +197,7 @@ def test_validation_catches_a_dockerfile_that_installs_around_the_lock(repo_copy
     df = repo_copy / "services/tts/Dockerfile"
     df.write_text(edit(df.read_text()))
     problems = "\n".join(validate_compose.validate(repo_copy))
-    assert f"tts: services/tts/Dockerfile" in problems and expected in problems, problems
+    assert "tts: services/tts/Dockerfile" in problems and expected in problems, problems
 
 
 def test_validation_catches_a_service_lock_that_disagrees_with_the_full_lock(repo_copy):

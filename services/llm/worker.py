@@ -6,8 +6,11 @@ in. So the llm service keeps the model in a child process (`ChildObject`) and ta
 crash there is an exception here (`ChildDied`, with the signal), the service answers 503 and starts a new
 child, and a test that made it crash fails with the signal's name instead of ending the test run.
 
-The child is started with ``spawn`` (a fresh interpreter: ``fork`` of a process with threads can deadlock)
-and builds its object with ``factory(*args)``; its ``load()`` runs there first. Then the parent calls
+The child is a fresh interpreter (``python -m services.llm.worker <fd>``: ``fork`` of a process with threads
+can deadlock, and multiprocessing's ``spawn`` would run the parent's ``__main__`` again, which breaks a
+script or a REPL that starts the engine). Parent and child talk over a socket pair, with multiprocessing's
+`Connection` framing; the child receives ``factory``, ``args`` and the callable ``methods`` first, builds its
+object with ``factory(*args)`` and runs its ``load()``. Then the parent calls
 methods by name: ``call`` returns a value, ``iterate`` streams the items of a generator method. Only the
 names given as ``methods`` can be called. Values and exceptions travel pickled; an exception that does not
 pickle arrives as `EngineFailedError` with its text.
@@ -20,12 +23,12 @@ process group, so that only its parent decides when it ends.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.connection
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -67,14 +70,17 @@ def _portable(exc: BaseException) -> BaseException:
         return EngineFailedError(f"{type(exc).__name__}: {exc}")
 
 
-def _serve(conn: Connection, factory: Callable[..., Any], args: tuple, methods: frozenset[str],
-           setup: Callable[[], None] | None) -> None:
+def _serve(conn: Connection) -> None:
     """The child's main loop."""
     # Ctrl-C and a fleet's SIGTERM reach the whole process group; the child ends with its parent instead (the
     # parent closes the pipe on shutdown, and a dead parent's pipe reads as closed), so that a stopping service
     # never sees its llama.cpp "crash" and restart it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        factory, args, methods, setup = conn.recv()
+    except (EOFError, OSError):
+        return
     if setup is not None:
         setup()
     try:
@@ -124,7 +130,7 @@ class ChildObject:
         self._methods = methods
         self._setup = setup
         self._lock = threading.Lock()
-        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
 
     @property
@@ -133,40 +139,41 @@ class ChildObject:
 
     @property
     def exitcode(self) -> int | None:
-        return self._proc.exitcode if self._proc is not None else None
+        """None while it runs; negative: the signal that ended it."""
+        return self._proc.poll() if self._proc is not None else None
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     def wait(self) -> int | None:
         """BLOCKING: until the child process ends, however it ends; its exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        multiprocessing.connection.wait([proc.sentinel])
-        # Another thread may be reaping it right now (its waitpid wins, ours reads as "no status" for a
-        # moment): poll until the exit code is recorded.
-        deadline = time.monotonic() + 5
-        while proc.exitcode is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return proc.exitcode
+        return self._proc.wait() if self._proc is not None else None
 
     def start(self) -> Any:
         """BLOCKING: start the child, build and load its object; returns what ``load()`` returned. Raises
         what the load raised, or `ChildDied`."""
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child, self._factory, self._args, self._methods, self._setup),
-                           name=self.name, daemon=True)
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        parent, child = socket.socketpair()
+        with child:
+            proc = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())], pass_fds=(child.fileno(),))
+        self._proc, self._conn = proc, Connection(parent.detach())
         with self._lock:
+            self._send((self._factory, self._args, self._methods, self._setup))
             kind, value = self._recv()
         if kind == "err":
             self.stop()
             raise value
         return value
+
+    def _ended(self) -> ChildDied:
+        """The pipe broke: the child is ending (or ended); its exit code (killed if it lingers)."""
+        proc = self._proc
+        assert proc is not None
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        return ChildDied(proc.pid, code)
 
     def _recv(self) -> tuple[str, Any]:
         conn, proc = self._conn, self._proc
@@ -175,7 +182,7 @@ class ChildObject:
         try:
             return conn.recv()
         except (EOFError, OSError):
-            raise ChildDied(proc.pid, self.wait()) from None
+            raise self._ended() from None
 
     def _send(self, msg: Any) -> None:
         conn, proc = self._conn, self._proc
@@ -184,7 +191,7 @@ class ChildObject:
         try:
             conn.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
-            raise ChildDied(proc.pid, self.wait()) from None
+            raise self._ended() from None
 
     def call(self, name: str, *args: Any) -> Any:
         """BLOCKING: ``obj.name(*args)`` in the child."""
@@ -228,7 +235,12 @@ class ChildObject:
         if conn is not None:
             conn.close()
         if proc is not None:
-            proc.join(timeout)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(timeout)
+                proc.wait(timeout)
+
+
+if __name__ == "__main__":  # the child: python -m services.llm.worker <fd of its end of the socket pair>
+    _serve(Connection(int(sys.argv[1])))

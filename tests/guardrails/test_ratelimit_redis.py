@@ -16,6 +16,7 @@ from services.common.testing import free_port, start_redis, stop_redis
 from services.guardrails.settings import Settings
 from tests.guardrails.test_app import running
 
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     port = free_port()

