@@ -402,3 +402,16 @@ def test_closing_a_stream_early_cancels_the_generation_in_the_child(engine):
     gen.close()  # the child stops at its next token and the pipe is drained
     usage = list(engine.events(request([{"role": "user", "content": "Hi"}], max_tokens=2)))[-1]
     assert isinstance(usage, Usage) and usage.completion_tokens <= 2
+
+
+def test_a_script_read_from_stdin_can_start_the_engine():
+    """llama.cpp's process is started as ``python -m services.llm.worker``: nothing of the parent's __main__
+    runs again there (multiprocessing's spawn did, and a script on stdin or in a REPL could not load)."""
+    import subprocess
+    import sys
+
+    script = ("import asyncio\nfrom services.llm.engine import LlamaCppEngine\nfrom services.llm.settings import Settings\n"
+              "e = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=256, llm_max_tokens=8))\n"
+              "asyncio.run(e.start())\nprint('ready', e.ready())\nasyncio.run(e.aclose())\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ready True" in out.stdout, out.stderr[-2000:]
