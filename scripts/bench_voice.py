@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
-from tests.integration.fleet import Fleet  # noqa: E402
+from tests.integration.fleet import orchestrator_url  # noqa: E402
 
 EVAL_A = ROOT.parent / "shared" / "eval" / "A"
 STAGES = ("preprocess", "stt", "guard_input", "memory", "first_text", "agent", "guard_output", "tts", "first_audio",
@@ -157,28 +155,11 @@ def main() -> None:
     durs = [sf.info(str(w)).duration for w in wavs]
     print(f"{len(wavs)} utterances from {EVAL_A}: {min(durs):.1f}-{max(durs):.1f} s, "
           f"median {statistics.median(durs):.1f} s; CPUs: {os.cpu_count()}")
-    fleet = None
-    url = args.url
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the fleet below is stopped on kill too
-    if url is None:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-voice-"))
-        fleet = Fleet.from_procfile(tmp, common={"MEMORY_DB_PATH": str(tmp / "memory.sqlite3"),
-                                                 "GUARDRAILS_DB_PATH": str(tmp / "guardrails.sqlite3"),
-                                                 "RATE_LIMIT": "100000/minute", "LOG_LEVEL": "WARNING"})
-        print("starting the fleet (offline defaults) ...", flush=True)
-        t = time.perf_counter()
-        fleet.start_all()
-        fleet.wait_ready(allow_not_ready={"llm-flan"})
-        print(f"fleet ready in {time.perf_counter() - t:.0f} s", flush=True)
-        url = fleet["orchestrator-enhanced"].url
-    try:
+    with orchestrator_url(args.url, "bench-voice-") as url:
         for i in range(args.warmup):
             one_turn(url, wavs[i % len(wavs)], "bench-warmup")
         for level in [int(c) for c in args.concurrency.split(",")]:
             report(level, run_level(url, wavs, level))
-    finally:
-        if fleet is not None:
-            fleet.stop_all()
 
 
 if __name__ == "__main__":

@@ -32,11 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import statistics
 import sys
-import tempfile
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -46,7 +43,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.fleet import Fleet  # noqa: E402
+from tests.integration.fleet import orchestrator_url  # noqa: E402
 
 DATA = ROOT / "scripts" / "data" / "assistant_eval.jsonl"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -151,34 +148,16 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the per-request results here")
     args = ap.parse_args()
     rows = load(args.data, set(args.only.split(",")) if args.only else None)
-    fleet = None
-    url = args.url
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the fleet below is stopped on kill too
-    if url is None:
-        tmp = Path(tempfile.mkdtemp(prefix="eval-assistant-"))
-        fleet = Fleet.from_procfile(tmp, common={"MEMORY_DB_PATH": str(tmp / "memory.sqlite3"),
-                                                 "GUARDRAILS_DB_PATH": str(tmp / "guardrails.sqlite3"),
-                                                 "RATE_LIMIT": "100000/minute", "LOG_LEVEL": "WARNING"})
-        print("starting the fleet (offline defaults) ...", flush=True)
-        t = time.perf_counter()
-        fleet.start_all()
-        fleet.wait_ready(allow_not_ready={"llm-flan"})
-        print(f"fleet ready in {time.perf_counter() - t:.0f} s", flush=True)
-        url = fleet["orchestrator-enhanced"].url
     results = []
-    try:
-        with httpx.Client() as client:
-            for row in rows:
-                res = score(row, ask(client, url, row))
-                results.append(res)
-                if args.show:
-                    mark = "ok " if res["correct"] else "BAD"
-                    print(f"{mark} {row['id']:22s} tools={res['called']} {res['ms'] or 0:6.0f} ms  "
-                          f"{res['text'][:160]!r}" + (f"  [{'; '.join(res['faults'])}]" if res["faults"] else ""),
-                          flush=True)
-    finally:
-        if fleet is not None:
-            fleet.stop_all()
+    with orchestrator_url(args.url, "eval-assistant-") as url, httpx.Client() as client:
+        for row in rows:
+            res = score(row, ask(client, url, row))
+            results.append(res)
+            if args.show:
+                mark = "ok " if res["correct"] else "BAD"
+                print(f"{mark} {row['id']:22s} tools={res['called']} {res['ms'] or 0:6.0f} ms  "
+                      f"{res['text'][:160]!r}" + (f"  [{'; '.join(res['faults'])}]" if res["faults"] else ""),
+                      flush=True)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -147,15 +147,22 @@ class InferenceRunner:
             raise
 
     def _release_when_done(self, fut: asyncio.Future[Any] | None) -> None:
-        if fut is None or fut.done():
-            self._leave(slot=True)
-        else:
-            def done(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled():
-                    f.exception()  # retrieved: a caller that gave up must not leave "never retrieved" noise
-                self._leave(slot=True)
+        self._when_done(fut, lambda: self._leave(slot=True))
 
-            fut.add_done_callback(done)
+    @staticmethod
+    def _when_done(fut: asyncio.Future[Any] | None, then: Callable[[], None]) -> None:
+        """``then()`` now if ``fut`` is None or done, else once it is; its outcome is retrieved (a caller that
+        gave up must not leave "never retrieved" noise)."""
+        if fut is None or fut.done():
+            then()
+            return
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled():
+                f.exception()
+            then()
+
+        fut.add_done_callback(done)
 
     async def run(self, fn: Callable[..., T], *args: Any, operation: str = "infer", **kwargs: Any) -> T:
         """Run one blocking call; raises BusyError when overloaded."""
@@ -206,7 +213,7 @@ class InferenceRunner:
         there), and release the slot only after that."""
         loop = asyncio.get_running_loop()
 
-        def submit_close(_: Any = None) -> None:
+        def submit_close() -> None:
             try:
                 closing = loop.run_in_executor(self._executor, close)
             except RuntimeError:  # loop or executor shut down: nothing runs any more
@@ -214,15 +221,7 @@ class InferenceRunner:
             else:
                 self._release_when_done(closing)
 
-        if pending is None or pending.done():
-            submit_close()
-        else:
-            def after(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled():
-                    f.exception()  # retrieved (see _release_when_done)
-                submit_close()
-
-            pending.add_done_callback(after)
+        self._when_done(pending, submit_close)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

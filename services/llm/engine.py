@@ -340,9 +340,8 @@ def backend_info(system_info: str, load_log: str, *, extra_buffer_types: bool, l
     (``CPU_Mapped model buffer size = 98.00 MiB``): the CPU features compiled in, and each buffer the
     weights, KV cache and compute graph went into (an ``AMX`` or ``CPU_REPACK`` buffer means extra buffer
     types are in use)."""
-    features = [name.strip() for name, _, on in (part.partition("=") for part in system_info.split("|"))
+    features = [name.split(":")[-1].strip() for name, _, on in (part.partition("=") for part in system_info.split("|"))
                 if on.strip() == "1"]
-    features = [f.split(":")[-1].strip() for f in features]
     buffers = {f"{kind} {what}": size for kind, what, size in
                re.findall(r"(\S+) (model|KV|compute) buffer size\s*=\s*([\d.]+ MiB)", load_log)}
     return {"cpu_features": features, "buffers": buffers, "extra_buffer_types": extra_buffer_types,
@@ -651,11 +650,12 @@ class LlamaCppEngine:
         """BLOCKING: a child process with the model loaded."""
         setup = functools.partial(configure_logging, self.settings.service_name, level=self.settings.log_level,
                                   json_logs=self.settings.log_json)
-        child = ChildObject("llm-llama.cpp", LlamaCore, self.settings, methods=WORKER_METHODS, setup=setup)
+        child = ChildObject(LlamaCore, self.settings, methods=WORKER_METHODS, setup=setup)
         try:
             backend = child.start()
         except ChildDied as died:
-            raise EngineFailedError(f"llama.cpp {describe_exit(died.exitcode)} while loading {self.model_path}") from None
+            raise EngineFailedError(
+                f"llama.cpp {describe_exit(died.exitcode)} while loading {self.model_path}") from None
         if self._closed:
             child.stop()
             return
@@ -774,7 +774,7 @@ class LlamaCppEngine:
 
     def _crashed(self, child: ChildObject, died: ChildDied) -> EngineNotReadyError:
         """The error for a request whose child died under it (after `_died` has handled the death)."""
-        outcome = self._died(child, died.exitcode if died.exitcode is not None else child.exitcode)
+        outcome = self._died(child, died.exitcode)
         return EngineNotReadyError(f"{outcome} (it died while answering this request)",
                                    retry_after_s=1 if self.ready() else 60)
 

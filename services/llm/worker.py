@@ -122,9 +122,8 @@ class ChildObject:
     """Parent's handle on an object living in a child process. One caller at a time (a lock serialises
     calls; the llm engine makes one call at a time anyway)."""
 
-    def __init__(self, name: str, factory: Callable[..., Any], *args: Any, methods: frozenset[str],
+    def __init__(self, factory: Callable[..., Any], *args: Any, methods: frozenset[str],
                  setup: Callable[[], None] | None = None) -> None:
-        self.name = name
         self._factory = factory
         self._args = args
         self._methods = methods
@@ -136,11 +135,6 @@ class ChildObject:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
-
-    @property
-    def exitcode(self) -> int | None:
-        """None while it runs; negative: the signal that ended it."""
-        return self._proc.poll() if self._proc is not None else None
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

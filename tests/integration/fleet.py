@@ -15,7 +15,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +135,30 @@ class Fleet:
         if log is None or not log.exists():
             return ""
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def orchestrator_url(url: str | None, prefix: str) -> Iterator[str]:
+    """orchestrator-enhanced for an evaluation or benchmark script: ``url`` when given (a running fleet), else
+    `make run`'s fleet with offline defaults started on free ports (llm-flan may stay not ready), stopped on
+    exit and on SIGTERM, with a rate limit high enough not to interfere."""
+    if url is not None:
+        yield url
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    fleet = Fleet.from_procfile(tmp, common={"MEMORY_DB_PATH": str(tmp / "memory.sqlite3"),
+                                             "GUARDRAILS_DB_PATH": str(tmp / "guardrails.sqlite3"),
+                                             "RATE_LIMIT": "100000/minute", "LOG_LEVEL": "WARNING"})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the fleet is stopped on kill too
+    print("starting the fleet (offline defaults) ...", flush=True)
+    t = time.perf_counter()
+    try:
+        fleet.start_all()
+        fleet.wait_ready(allow_not_ready={"llm-flan"})
+        print(f"fleet ready in {time.perf_counter() - t:.0f} s", flush=True)
+        yield fleet["orchestrator-enhanced"].url
+    finally:
+        fleet.stop_all()
 
 
 def _url_settings(module: str, by_host: dict[int, int]) -> dict[str, str]:

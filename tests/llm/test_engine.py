@@ -347,53 +347,48 @@ def wait_for(predicate, timeout_s: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_the_watchdog_restarts_llama_cpp_when_it_dies_between_requests():
+@pytest.fixture
+def own_engine() -> LlamaCppEngine:
+    """An engine of the test's own, for tests that crash its llama.cpp process."""
     eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     asyncio.run(eng.start())
-    try:
-        ask = request([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
-        before = assemble(list(eng.events(ask)))
-        pid = eng.describe()["worker_pid"]
-        os.kill(pid, signal.SIGSEGV)  # as a fault in native code does
-        wait_for(lambda: eng.describe()["crashes"] == 1 and eng.ready())  # no request needed
-        assert eng.describe()["worker_pid"] not in (None, pid)
-        assert assemble(list(eng.events(ask))).choices[0].text == before.choices[0].text
-    finally:
-        asyncio.run(eng.aclose())
+    yield eng
+    asyncio.run(eng.aclose())
 
 
-def test_a_crash_during_a_request_fails_it_with_the_signal_and_the_next_one_is_answered():
-    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
-    asyncio.run(eng.start())
-    try:
-        gen = eng.events(request([{"role": "user", "content": "Count to one hundred."}], max_tokens=64))
-        assert isinstance(next(gen), StreamStart)
-        pid = eng.describe()["worker_pid"]
-        os.kill(pid, signal.SIGSEGV)
-        with pytest.raises(EngineNotReadyError, match=f"process {pid}\\) died with SIGSEGV.*restarted") as err:
-            list(gen)
-        assert err.value.retryable and "Retry-After" in err.value.headers
-        assert eng.ready() and eng.describe()["crashes"] == 1
-        usage = list(eng.events(request([{"role": "user", "content": "Hi"}], max_tokens=2)))[-1]
-        assert isinstance(usage, Usage) and usage.completion_tokens >= 1
-    finally:
-        asyncio.run(eng.aclose())
+def test_the_watchdog_restarts_llama_cpp_when_it_dies_between_requests(own_engine):
+    ask = request([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+    before = assemble(list(own_engine.events(ask)))
+    pid = own_engine.describe()["worker_pid"]
+    os.kill(pid, signal.SIGSEGV)  # as a fault in native code does
+    wait_for(lambda: own_engine.describe()["crashes"] == 1 and own_engine.ready())  # no request needed
+    assert own_engine.describe()["worker_pid"] not in (None, pid)
+    assert assemble(list(own_engine.events(ask))).choices[0].text == before.choices[0].text
 
 
-def test_repeated_crashes_leave_the_engine_not_ready_with_the_reason():
-    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
-    asyncio.run(eng.start())
-    try:
-        for i in range(MAX_CRASHES_IN_A_ROW):
-            os.kill(eng.describe()["worker_pid"], signal.SIGSEGV)
-            wait_for(lambda: eng.describe()["crashes"] == i + 1 and (eng.ready() or i + 1 == MAX_CRASHES_IN_A_ROW))
-        info = eng.describe()
-        assert not eng.ready() and info["status"] == "failed" and info["worker_pid"] is None
-        assert f"{MAX_CRASHES_IN_A_ROW} crashes in a row: not restarted" in info["reason"]
-        with pytest.raises(EngineNotReadyError, match="crashes in a row"):
-            list(eng.events(request([{"role": "user", "content": "Hi"}], max_tokens=4)))
-    finally:
-        asyncio.run(eng.aclose())
+def test_a_crash_during_a_request_fails_it_with_the_signal_and_the_next_one_is_answered(own_engine):
+    gen = own_engine.events(request([{"role": "user", "content": "Count to one hundred."}], max_tokens=64))
+    assert isinstance(next(gen), StreamStart)
+    pid = own_engine.describe()["worker_pid"]
+    os.kill(pid, signal.SIGSEGV)
+    with pytest.raises(EngineNotReadyError, match=f"process {pid}\\) died with SIGSEGV.*restarted") as err:
+        list(gen)
+    assert err.value.retryable and "Retry-After" in err.value.headers
+    assert own_engine.ready() and own_engine.describe()["crashes"] == 1
+    usage = list(own_engine.events(request([{"role": "user", "content": "Hi"}], max_tokens=2)))[-1]
+    assert isinstance(usage, Usage) and usage.completion_tokens >= 1
+
+
+def test_repeated_crashes_leave_the_engine_not_ready_with_the_reason(own_engine):
+    for i in range(MAX_CRASHES_IN_A_ROW):
+        os.kill(own_engine.describe()["worker_pid"], signal.SIGSEGV)
+        last = i + 1 == MAX_CRASHES_IN_A_ROW
+        wait_for(lambda: own_engine.describe()["crashes"] == i + 1 and (own_engine.ready() or last))
+    info = own_engine.describe()
+    assert not own_engine.ready() and info["status"] == "failed" and info["worker_pid"] is None
+    assert f"{MAX_CRASHES_IN_A_ROW} crashes in a row: not restarted" in info["reason"]
+    with pytest.raises(EngineNotReadyError, match="crashes in a row"):
+        list(own_engine.events(request([{"role": "user", "content": "Hi"}], max_tokens=4)))
 
 
 def test_closing_a_stream_early_cancels_the_generation_in_the_child(engine):
@@ -410,7 +405,8 @@ def test_a_script_read_from_stdin_can_start_the_engine():
     import subprocess
     import sys
 
-    script = ("import asyncio\nfrom services.llm.engine import LlamaCppEngine\nfrom services.llm.settings import Settings\n"
+    script = ("import asyncio\nfrom services.llm.engine import LlamaCppEngine\n"
+              "from services.llm.settings import Settings\n"
               "e = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=256, llm_max_tokens=8))\n"
               "asyncio.run(e.start())\nprint('ready', e.ready())\nasyncio.run(e.aclose())\n")
     out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
