@@ -40,7 +40,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval_data import require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from eval_data import pct, require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 from tests.integration.fleet import orchestrator_url  # noqa: E402
 
@@ -84,15 +84,6 @@ def one_turn(url: str, wav: Path, session: str) -> dict:
                     error = line[6:300]
     total = time.perf_counter() - t0
     return {"status": 200, "first_audio_s": first_audio, "total_s": total, "done": done, "error": error}
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def run_level(url: str, wavs: list[Path], concurrency: int) -> list[dict]:

@@ -43,6 +43,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eval_data import pct  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from tests.integration.fleet import orchestrator_url  # noqa: E402
 
 DATA = ROOT / "scripts" / "data" / "assistant_eval.jsonl"
@@ -101,15 +103,6 @@ def ask(client: httpx.Client, url: str, row: dict) -> dict:
         if r.status_code != 200:
             answer = {"response": "", "_status": r.status_code, "error": r.text[:200]}
     return answer
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def report(results: list[dict]) -> None:
