@@ -184,7 +184,7 @@ class ChildObject:
             raise ChildDied(None, None)
         try:
             conn.send(msg)
-        except (BrokenPipeError, ConnectionResetError, OSError):
+        except OSError:  # BrokenPipeError, ConnectionResetError, a closed connection
             raise self._ended() from None
 
     def call(self, name: str, *args: Any) -> Any:
