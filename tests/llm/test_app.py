@@ -21,6 +21,7 @@ from services.llm.app import create_app
 from services.llm.settings import Settings
 
 N_CTX = 512
+FAST = "smollm2-135m"  # the tests drive the engine, not the model: the fastest bundled one
 CAP = 64
 SMALL_CTX = 256
 ASK = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -48,7 +49,7 @@ SEARCH = {
 
 @pytest.fixture(scope="module")
 def url():
-    app = create_app(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
+    app = create_app(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     with serve_in_thread(app) as base:
         wait_ready(base, timeout_s=20)
         yield base
@@ -57,7 +58,7 @@ def url():
 @pytest.fixture(scope="module")
 def small_url():
     """A 256-token context, so that over-long histories stay cheap to evaluate."""
-    app = create_app(Settings(_env_file=None, llm_n_ctx=SMALL_CTX, llm_max_tokens=32))
+    app = create_app(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=SMALL_CTX, llm_max_tokens=32))
     with serve_in_thread(app) as base:
         wait_ready(base, timeout_s=20)
         yield base
@@ -311,7 +312,7 @@ def test_simultaneous_requests_queue_and_all_succeed(url):
 
 
 def test_a_full_queue_answers_503_with_retry_after():
-    app = create_app(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=400, max_queue=0))
+    app = create_app(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=400, max_queue=0))
     long = {"model": "llm", "max_tokens": 400, "temperature": 0, "stream": True,
             "messages": [{"role": "user", "content": "Write a long essay about the history of Rome."}]}
     with serve_in_thread(app) as base:

@@ -35,14 +35,15 @@ from services.llm.engine import (
     LlamaCppEngine,
     assemble,
     backend_info,
-    bundled_model_path,
     choice_seed,
     header_gbnf,
     template_messages,
 )
+from services.llm.models import BUNDLED, parts
 from services.llm.settings import Settings
 
 N_CTX = 256
+FAST = "smollm2-135m"  # the tests drive the engine, not the model: the fastest bundled one
 CAP = 32
 WEATHER = FunctionDef(
     name="get_weather", description="Get the current weather in a city",
@@ -54,7 +55,7 @@ WEATHER = FunctionDef(
 
 @pytest.fixture(scope="module")
 def engine() -> LlamaCppEngine:
-    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     asyncio.run(eng.start())
     yield eng
     asyncio.run(eng.aclose())
@@ -86,7 +87,7 @@ def test_engine_implements_the_chat_engine_and_component_protocols(engine):
 
 def test_a_custom_gguf_is_served_under_its_file_stem(tmp_path):
     model = tmp_path / "tiny-chat.gguf"
-    model.symlink_to(bundled_model_path())
+    model.symlink_to(parts(BUNDLED[FAST])[0])
     eng = LlamaCppEngine(Settings(_env_file=None, llm_model_path=model, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     assert eng.model_ids() == ["tiny-chat", "llm"] and not eng.ready()
     assert eng.describe()["status"] == "loading"
@@ -300,7 +301,7 @@ def test_named_tool_arguments_follow_the_schema_at_any_temperature(engine):
 def test_prompt_cache_keeps_the_kv_cache_between_requests_only_when_enabled(cache):
     """LLM_PROMPT_CACHE=false resets llama.cpp's state before every choice (exact temperature-0 reproducibility);
     true keeps it, so the next request only evaluates what follows the shared prefix."""
-    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP, llm_prompt_cache=cache))
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=CAP, llm_prompt_cache=cache))
     asyncio.run(eng.start())
     try:
         ask = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
@@ -350,7 +351,7 @@ def wait_for(predicate, timeout_s: float = 30.0) -> None:
 @pytest.fixture
 def own_engine() -> LlamaCppEngine:
     """An engine of the test's own, for tests that crash its llama.cpp process."""
-    eng = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=CAP))
     asyncio.run(eng.start())
     yield eng
     asyncio.run(eng.aclose())
@@ -407,7 +408,7 @@ def test_a_script_read_from_stdin_can_start_the_engine():
 
     script = ("import asyncio\nfrom services.llm.engine import LlamaCppEngine\n"
               "from services.llm.settings import Settings\n"
-              "e = LlamaCppEngine(Settings(_env_file=None, llm_n_ctx=256, llm_max_tokens=8))\n"
+              "e = LlamaCppEngine(Settings(_env_file=None, llm_bundled_model=\"smollm2-135m\", llm_n_ctx=256, llm_max_tokens=8))\n"
               "asyncio.run(e.start())\nprint('ready', e.ready())\nasyncio.run(e.aclose())\n")
     out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ready True" in out.stdout, out.stderr[-2000:]
