@@ -6,19 +6,29 @@ the versioned system prompt and the tools; with ``ENABLE_LANGCHAIN=false`` the s
 it, `ToolCalled` for each tool call that ran, and finally one `AgentAnswer`. `Agent.run` is the same without
 the deltas.
 
-What the user hears is exactly `AgentAnswer.text`, which always starts with the deltas streamed so far:
+Before the LLM, `services.orchestrator_enhanced.intents.match` may recognise the request as a local intent
+(time, date, arithmetic, a unit conversion): the tool runs at once, no model is asked (``llm_engine`` is
+``local-intent``), and the turn otherwise looks like one where the model called that tool.
+
+What the user hears is exactly `AgentAnswer.text`, the concatenation of the deltas, which pass through a
+`SpokenFilter` (complete sentences, each said once, no tool syntax, no markdown):
 
 - every model step's text, in order (a step that also calls tools may say something first);
-- then, for every tool that failed, its honest sentence (e.g. "Web search is not configured ...") when the model
-  did not already say it, so a tool error is never silently lost;
-- then, when the model said nothing at all, what the tools answered (they answer in speakable sentences), or an
-  apology.
+- then, for every tool that failed, its honest sentence (e.g. "I couldn't reach Discord just now ...") unless it
+  was already said, so a tool error is never silently lost;
+- then, when the model said nothing that may be read out, what the tools answered (they answer in speakable
+  sentences), or an apology.
+
+The system prompt template (``prompts/<PROMPT_VERSION>.md``) is filled in with what the offered tools are for
+(``{tools}``) and what the assistant cannot do here (``{cannot}``): no web search without SearchWeb, no
+messages without SendDiscordMessage, never timers, devices, music or calls.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +42,46 @@ from langchain_core.tools import BaseTool
 from services.common.errors import InvalidRequestError, ServiceError, UpstreamUnavailableError
 from services.common.http import CircuitBreaker
 from services.common.metrics import ORCH_TOOL_CALLS, service
+from services.orchestrator_enhanced import intents
 from services.orchestrator_enhanced.llm import FailoverMiddleware
 from services.orchestrator_enhanced.settings import Settings
+from services.orchestrator_enhanced.spoken import SpokenFilter
 from services.orchestrator_enhanced.turn import TurnContext
 
 log = logging.getLogger(__name__)
 
 NO_ANSWER = "Sorry, I don't have an answer for that."
 """Said when neither the model nor a tool produced any text."""
+
+LOCAL_ENGINE = "local-intent"
+"""``llm_engine`` of a turn answered by a local intent (no LLM asked)."""
+
+TOOL_USES = {
+    "GetCurrentTime": "GetCurrentTime for the current time, day or date",
+    "Calculator": "Calculator for arithmetic",
+    "SearchWeb": "SearchWeb for news, weather, prices and facts that change",
+    "SendDiscordMessage": "SendDiscordMessage to post a message when the user asks you to send one",
+}
+ALWAYS_CANNOT = ["set timers, alarms or reminders", "control lights or other devices", "play music or videos",
+                 "make phone calls"]
+
+
+def _spoken_list(items: Sequence[str], last: str = "and") -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])}, {last} {items[-1]}"
+
+
+def render_prompt(template: str, tools: Sequence[BaseTool]) -> str:
+    """The system prompt template with ``{tools}`` (what each offered tool is for) and ``{cannot}`` (what the
+    assistant cannot do with these tools) filled in; a template without them is used as it is."""
+    names = [t.name for t in tools]
+    uses = [TOOL_USES.get(name, name) for name in names]
+    tools_line = f"Use {_spoken_list(uses)}." if uses else "You have no tools: answer from your own knowledge."
+    cannot = list(ALWAYS_CANNOT)
+    if "SearchWeb" not in names:
+        cannot.append("look anything up on the internet (no news, weather or prices)")
+    if "SendDiscordMessage" not in names:
+        cannot.append("send messages")
+    return template.replace("{tools}", tools_line).replace("{cannot}", _spoken_list(cannot, "or"))
 
 
 def load_system_prompt(settings: Settings) -> str:
@@ -59,6 +101,7 @@ def load_system_prompt(settings: Settings) -> str:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    """One or more complete sentences (or the answer's opening clause), never half of one: speakable as is."""
 
 
 @dataclass
@@ -100,10 +143,6 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 class Agent:
     """One compiled LangChain agent graph, shared by every turn (it keeps no per-turn state)."""
 
@@ -111,13 +150,15 @@ class Agent:
                  tools: Sequence[BaseTool], system_prompt: str) -> None:
         self.settings = settings
         self.tools = list(tools) if settings.enable_langchain else []
-        self.system_prompt = system_prompt
+        self.local_tools = {t.name: t for t in tools}
+        """Tools local intents may run, in either mode."""
+        self.system_prompt = render_prompt(system_prompt, self.tools)
         self.failover = FailoverMiddleware(
             primary, fallback, max_steps=settings.agent_max_steps, primary_timeout_s=settings.llm_primary_timeout_s,
             breaker=CircuitBreaker(f"llm:{settings.llm_primary_model}", settings.breaker_failure_threshold,
                                    settings.breaker_reset_s),
         )
-        self.graph = create_agent(primary, self.tools, system_prompt=system_prompt, middleware=[self.failover],
+        self.graph = create_agent(primary, self.tools, system_prompt=self.system_prompt, middleware=[self.failover],
                                   context_schema=TurnContext)
 
     async def _graph_stream(self, inputs: dict[str, Any], ctx: TurnContext) -> AsyncIterator[tuple[str, Any]]:
@@ -150,11 +191,17 @@ class Agent:
     async def stream(self, text: str, history: Sequence[BaseMessage], ctx: TurnContext) -> AsyncIterator[AgentEvent]:
         if not text.strip():
             raise InvalidRequestError("the transcript is empty", param="transcript")
-        said: list[str] = []  # text of each model step, as streamed
-        step_text: dict[str, str] = {}  # message id -> streamed text of that step
+        if self.settings.local_intents:
+            intent = intents.match(text)
+            if intent is not None and intent.tool in self.local_tools:
+                async for event in self._local(intent):
+                    yield event
+                return
+        spoken = SpokenFilter()
         new_messages: list[BaseMessage] = []
         calls: list[ToolCallRecord] = []
         pending_args: dict[str, tuple[str, dict[str, Any]]] = {}
+        streamed_ids: set[str] = set()
         engine: str | None = None
         inputs = {"messages": [*history, HumanMessage(text)]}
         async for mode, data in self._graph_stream(inputs, ctx):
@@ -163,8 +210,9 @@ class Agent:
                 if isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "model":
                     delta = _text_of(chunk.content)
                     if delta:
-                        step_text[chunk.id or ""] = step_text.get(chunk.id or "", "") + delta
-                        yield TextDelta(delta)
+                        streamed_ids.add(chunk.id or "")
+                        if out := spoken.feed(delta):
+                            yield TextDelta(out)
                 continue
             for update in (data or {}).values():
                 for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
@@ -172,10 +220,10 @@ class Agent:
                     if isinstance(message, AIMessage):
                         engine = message.response_metadata.get("llm_engine", engine)
                         content = _text_of(message.content)
-                        streamed = step_text.get(message.id or "", "")
-                        if content and not streamed:  # a model that did not stream (or a scripted one)
-                            yield TextDelta(content)
-                        said.append(content or streamed)
+                        if content and (message.id or "") not in streamed_ids:  # a model that did not stream
+                            spoken.feed(content)
+                        if out := spoken.flush():  # the step is over: its last words are complete
+                            yield TextDelta(out)
                         for tc in message.tool_calls:
                             pending_args[tc.get("id") or ""] = (tc["name"], dict(tc.get("args") or {}))
                     elif isinstance(message, ToolMessage):
@@ -185,18 +233,39 @@ class Agent:
                         calls.append(record)
                         ORCH_TOOL_CALLS.labels(service(), name, "ok" if record.ok else "error").inc()
                         yield ToolCalled(record)
-        spoken = " ".join(s.strip() for s in said if s.strip())
-        extra: list[str] = []
-        for call in calls:
-            if not call.ok and call.result and _norm(call.result) not in _norm(spoken):
-                extra.append(call.result.strip())
-        if not spoken and not extra:
-            extra = [c.result.strip() for c in calls if c.ok and c.result.strip()] or [NO_ANSWER]
-        if extra:
-            addition = " ".join(extra)
-            yield TextDelta((" " if spoken else "") + addition)
-            spoken = f"{spoken} {addition}".strip()
-        yield AgentAnswer(text=spoken, llm_engine=engine, tool_calls=calls, messages=new_messages)
+        if out := spoken.flush():
+            yield TextDelta(out)
+        said_any = bool(spoken.text)
+        for call in calls:  # a failure is never silently lost (said once: the filter drops a repeat)
+            if not call.ok and call.result.strip() and (out := spoken.add(call.result.strip())):
+                yield TextDelta(out)
+        if not said_any and not spoken.text:
+            for call in calls:
+                if call.ok and call.result.strip() and (out := spoken.add(call.result.strip())):
+                    yield TextDelta(out)
+            if not spoken.text:
+                yield TextDelta(spoken.add(NO_ANSWER))
+        if spoken.dropped:
+            log.info("not read out: %s", "; ".join(f"{why}: {what[:80]!r}" for why, what in spoken.dropped))
+        yield AgentAnswer(text=spoken.text, llm_engine=engine, tool_calls=calls, messages=new_messages)
+
+    async def _local(self, intent: intents.Intent) -> AsyncIterator[AgentEvent]:
+        """A local intent's turn: its tool's answer (or the answer computed by the intent), no LLM."""
+        if intent.answer is not None:
+            record = ToolCallRecord(name=intent.tool, args=intent.args, result=intent.answer, ok=True)
+        else:
+            call_id = f"local-{uuid.uuid4().hex[:12]}"
+            message = await self.local_tools[intent.tool].ainvoke(
+                {"type": "tool_call", "name": intent.tool, "args": intent.args, "id": call_id})
+            record = ToolCallRecord(name=intent.tool, args=intent.args, result=_text_of(message.content),
+                                    ok=message.status != "error")
+        ORCH_TOOL_CALLS.labels(service(), record.name, "ok" if record.ok else "error").inc()
+        yield ToolCalled(record)
+        spoken = SpokenFilter()
+        yield TextDelta(spoken.add(record.result or NO_ANSWER))
+        log.info("local intent %s answered without the LLM", intent.tool, extra={"tool": intent.tool})
+        yield AgentAnswer(text=spoken.text, llm_engine=LOCAL_ENGINE, tool_calls=[record],
+                          messages=[AIMessage(spoken.text)])
 
 
 def _no_llm(exc: Exception) -> ServiceError:

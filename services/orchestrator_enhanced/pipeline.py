@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,6 +38,7 @@ from services.orchestrator_enhanced.guard import UNAVAILABLE, Guardrails
 from services.orchestrator_enhanced.memory import ConversationMemory, trim_to_budget
 from services.orchestrator_enhanced.settings import Settings
 from services.orchestrator_enhanced.speech import Speech, SpokenAudio
+from services.orchestrator_enhanced.spoken import split_sentences
 from services.orchestrator_enhanced.turn import TurnContext
 
 log = logging.getLogger(__name__)
@@ -47,49 +47,6 @@ REFUSAL = "Sorry, I can't help with that request."
 GUARDRAILS_DOWN = "Sorry, I can't check requests right now, so I can't answer that. Please try again in a moment."
 WITHHELD = "Sorry, I can't say that."
 NO_SPEECH = "Sorry, I didn't catch that. Could you say it again?"
-
-_SENTENCE_END = re.compile(r"(?<=[.!?;])[\"')\]]*\s+|\n+")
-LONG_SENTENCE_CHARS = 220
-"""A sentence still growing past this many characters is cut at its last comma (or space) so speech starts."""
-
-
-FIRST_CLAUSE_WORDS = 4
-"""The first piece of an answer may end at a clause (a comma after at least this many words), so its speech
-starts before the first sentence is complete."""
-
-
-def split_sentences(buffer: str, *, final: bool = False, first: bool = False) -> tuple[list[str], str]:
-    """(complete sentences, the unfinished rest) of streamed text. ``final`` flushes the rest; ``first`` (nothing
-    of the answer was cut yet) also accepts a clause of FIRST_CLAUSE_WORDS+ words ending in a comma."""
-    sentences: list[str] = []
-    start = 0
-    if first:
-        m = _SENTENCE_END.search(buffer)
-        head = buffer[:m.start()] if m else buffer
-        comma = head.find(", ")
-        while comma >= 0 and len(head[:comma].split()) < FIRST_CLAUSE_WORDS:
-            comma = head.find(", ", comma + 1)
-        if comma >= 0:
-            sentences.append(head[:comma + 1].strip())
-            start = comma + 2
-    for m in _SENTENCE_END.finditer(buffer):
-        piece = buffer[start:m.end()].strip()
-        if piece:
-            sentences.append(piece)
-        start = m.end()
-    rest = buffer[start:]
-    while len(rest) > LONG_SENTENCE_CHARS:
-        cut = rest.rfind(", ", 0, LONG_SENTENCE_CHARS)
-        cut = cut + 1 if cut > 0 else rest.rfind(" ", 0, LONG_SENTENCE_CHARS)
-        if cut <= 0:
-            cut = LONG_SENTENCE_CHARS
-        sentences.append(rest[:cut].strip())
-        rest = rest[cut:]
-    if final and rest.strip():
-        sentences.append(rest.strip())
-        rest = ""
-    return sentences, rest
-
 
 @dataclass
 class TurnResult:
@@ -388,9 +345,9 @@ class Orchestrator:
         t = time.perf_counter()
         try:
             async for event in self.agent.stream(text, history, ctx):
-                if isinstance(event, TextDelta):
+                if isinstance(event, TextDelta):  # complete sentences (or an opening clause): speak them now
                     timer.mark("first_text")
-                    yield event.text
+                    yield event.text + "\n"
                 elif isinstance(event, ToolCalled):
                     continue
                 else:

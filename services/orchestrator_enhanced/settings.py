@@ -59,7 +59,7 @@ class Settings(BaseServiceSettings):
     """Model name sent to the primary LLM."""
 
     llm_fallback_url: str | None = "http://127.0.0.1:8000"
-    """Fallback LLM (llm: SmolLM2 on llama.cpp), used when the primary fails, times out or is known down.
+    """Fallback LLM (llm: Qwen2.5-Coder-1.5B on llama.cpp), used when the primary fails, times out or is known down.
     Empty: no fallback."""
 
     llm_fallback_model: str = "llm"
@@ -75,12 +75,17 @@ class Settings(BaseServiceSettings):
     llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of the LLM calls (0 = deterministic)."""
 
+    local_intents: bool = True
+    """Answer requests a rule answers exactly (the time, the date, arithmetic, unit conversions) with the
+    tool at once, without asking the LLM (``llm_engine`` is ``local-intent``). false: the LLM gets every
+    request."""
+
     agent_max_steps: int = Field(4, ge=1, le=20)
     """Most model calls of one agent turn (each tool round is one more); past it the turn answers with what
     it has."""
 
     # --- prompt --------------------------------------------------------------------------------------------
-    prompt_version: str = Field("v1.0", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    prompt_version: str = Field("v2.0", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     """System prompt version: the file ``prompts/<PROMPT_VERSION>.md`` of PROMPTS_DIR. Reported in every
     response and in the turn metrics."""
 
@@ -149,14 +154,14 @@ class Settings(BaseServiceSettings):
     # --- tools ----------------------------------------------------------------------------------------------
     discord_api_url: str | None = None
     """Discord service base URL for the SendDiscordMessage tool (``POST /channels/{channel_id}/messages``).
-    Empty: the tool answers that Discord is not configured."""
+    Empty: the tool is not offered, and the assistant says it cannot send messages."""
 
     discord_default_channel_id: str | None = None
     """Channel SendDiscordMessage posts to when neither the model nor the turn names one."""
 
     search_url: str | None = None
     """SearXNG-style search endpoint for the SearchWeb tool (``GET <url>?q=...&format=json``). Empty: the tool
-    answers that search is not configured."""
+    is not offered, and the assistant says it cannot look things up."""
 
     search_max_results: int = Field(3, ge=1, le=20)
     """Results SearchWeb gives the model."""

@@ -1,4 +1,5 @@
-"""The agent's tools (LangChain 1.x): SendDiscordMessage, SearchWeb, GetCurrentTime, Calculator.
+"""The agent's tools (LangChain 1.x): SendDiscordMessage, SearchWeb, GetCurrentTime, Calculator; the first two
+only when configured (DISCORD_API_URL, SEARCH_URL).
 
 `build_tools` returns them for ``langchain.agents.create_agent(..., context_schema=TurnContext)``. Rules
 they all follow:
@@ -99,7 +100,9 @@ CALCULATOR_DESCRIPTION = (
 
 
 def build_tools(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> list[BaseTool]:
-    """The agent's four tools: SendDiscordMessage, SearchWeb, GetCurrentTime, Calculator (in that order).
+    """The agent's tools that can work here, in this order: SendDiscordMessage (only with DISCORD_API_URL),
+    SearchWeb (only with SEARCH_URL), GetCurrentTime, Calculator. A tool that could only answer "not
+    configured" is not offered: a small model offered it calls it instead of answering (or saying it can't).
 
     ``clock`` returns the current time as an aware datetime (tests fix it); default: the system clock, UTC.
     """
@@ -133,12 +136,15 @@ def build_tools(settings: Settings, *, clock: Callable[[], datetime] | None = No
     ) -> str:
         return calculate(expression)
 
-    return [
-        _make_tool(send_discord_message, "SendDiscordMessage", SEND_DISCORD_DESCRIPTION, "send that to Discord"),
-        _make_tool(search_web, "SearchWeb", SEARCH_WEB_DESCRIPTION, "look that up"),
-        _make_tool(get_current_time, "GetCurrentTime", CURRENT_TIME_DESCRIPTION, "tell the time"),
-        _make_tool(calculator, "Calculator", CALCULATOR_DESCRIPTION, "work that out"),
-    ]
+    tools = []
+    if settings.discord_api_url:
+        tools.append(_make_tool(send_discord_message, "SendDiscordMessage", SEND_DISCORD_DESCRIPTION,
+                                "send that to Discord"))
+    if settings.search_url:
+        tools.append(_make_tool(search_web, "SearchWeb", SEARCH_WEB_DESCRIPTION, "look that up"))
+    tools.append(_make_tool(get_current_time, "GetCurrentTime", CURRENT_TIME_DESCRIPTION, "tell the time"))
+    tools.append(_make_tool(calculator, "Calculator", CALCULATOR_DESCRIPTION, "work that out"))
+    return tools
 
 
 def _make_tool(coroutine: Callable[..., Awaitable[str]], name: str, description: str, action: str) -> BaseTool:
@@ -209,8 +215,7 @@ class _Toolkit:
     # --- SendDiscordMessage ---------------------------------------------------------------------------------
 
     async def send_discord_message(self, message: str, channel_id: str | None, turn: TurnContext | None) -> str:
-        if self.discord is None:
-            raise ToolException("Discord is not configured on this assistant, so I can't send messages there.")
+        assert self.discord is not None, "SendDiscordMessage is only offered with DISCORD_API_URL"
         text = message.strip()
         if not text:
             raise ToolException("There was nothing to send, so I didn't post anything to Discord.")
@@ -247,8 +252,7 @@ class _Toolkit:
     # --- SearchWeb ------------------------------------------------------------------------------------------
 
     async def search_web(self, query: str) -> str:
-        if self.search is None:
-            raise ToolException("Web search is not configured on this assistant, so I can't look that up.")
+        assert self.search is not None, "SearchWeb is only offered with SEARCH_URL"
         query = " ".join(query.split())[:SEARCH_QUERY_MAX_CHARS]
         if not query:
             raise ToolException("I wasn't given anything to search for.")

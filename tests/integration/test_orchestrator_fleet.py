@@ -77,7 +77,7 @@ def test_full_pipeline_whats_the_weather(fleet):
     assert r.status_code == 200, r.text
     body = r.json()
     assert "response" in body and body["response"].strip()
-    assert body["blocked"] is False and body["prompt_version"] == "v1.0"
+    assert body["blocked"] is False and body["prompt_version"] == "v2.0"
     assert body["llm_engine"] == "llm"  # llm-flan has no weights offline: the fallback answered
     plain = post_turn(fleet, "orchestrator", "What's the weather?")
     assert plain.status_code == 200 and plain.json()["mode"] == "direct" and plain.json()["response"].strip()

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from services.common import context
 from services.common.errors import ServiceError
 from services.common.metrics import service
+from services.common.testing import free_port
 from services.orchestrator_enhanced.agent import NO_ANSWER, Agent, AgentAnswer, TextDelta, ToolCalled, load_system_prompt
 from services.orchestrator_enhanced.settings import Settings
 from services.orchestrator_enhanced.testing import ScriptedChatModel, call_tool, say
@@ -27,6 +28,7 @@ NOON = datetime(2026, 11, 24, 12, 5, tzinfo=timezone.utc)
 
 
 def settings(**kw) -> Settings:
+    kw.setdefault("local_intents", False)  # these tests drive the model loop; tests/.../test_intents.py the rules
     return Settings(_env_file=None, **kw)
 
 
@@ -57,9 +59,9 @@ async def test_a_tool_call_really_runs_and_its_result_reaches_the_answer():
     assert "84" in answer.text and answer.text.startswith("Here you go:")
     assert [c.name for c in answer.tool_calls] == ["Calculator"] and answer.tool_calls[0].ok
     assert "84" in answer.tool_calls[0].result
-    # the model's second call saw the tool's result, and every call had the four tools bound
+    # the model's second call saw the tool's result, and every call had the tools that can work bound
     assert any(isinstance(m, ToolMessage) and "84" in m.content for m in model.calls[1])
-    assert model.bound_tools[0] == ["SendDiscordMessage", "SearchWeb", "GetCurrentTime", "Calculator"]
+    assert model.bound_tools[0] == ["GetCurrentTime", "Calculator"]
     assert answer.llm_engine == "llm-flan"
     assert [type(m).__name__ for m in answer.messages] == ["AIMessage", "ToolMessage", "AIMessage"]
 
@@ -73,10 +75,12 @@ async def test_the_time_tool_answers_in_the_configured_zone():
 async def test_a_failing_tool_is_said_honestly_even_when_the_model_does_not_mention_it():
     model = ScriptedChatModel(script=[call_tool("SearchWeb", query="weather in Paris"),
                                       say("Is there anything else?")])
-    answer = await make_agent(model).run("search the weather in Paris", [], CTX)
+    dead = f"http://127.0.0.1:{free_port()}/search"
+    answer = await make_agent(model, search_url=dead).run("search the weather in Paris", [], CTX)
     assert answer.tool_calls[0].ok is False
-    assert "not configured" in answer.tool_calls[0].result
-    assert answer.text.startswith("Is there anything else?") and "not configured" in answer.text
+    assert "couldn't reach the web search service" in answer.tool_calls[0].result
+    assert answer.text.startswith("Is there anything else?")
+    assert answer.text.endswith("I couldn't reach the web search service just now, so I can't look that up.")
     assert "Traceback" not in answer.text and "Exception" not in answer.text
 
 
@@ -115,7 +119,7 @@ async def test_stream_yields_deltas_then_tool_events_then_one_answer_that_starts
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "ToolCalled" and kinds[-1] == "AgentAnswer"
     deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
-    assert len([e for e in events if isinstance(e, TextDelta)]) > 1  # streamed word by word
+    assert len([e for e in events if isinstance(e, TextDelta)]) > 1  # streamed sentence by sentence
     answer = events[-1]
     assert isinstance(answer, AgentAnswer) and answer.text == deltas == "The answer is 42. Anything else?"
     assert isinstance(events[0], ToolCalled) and events[0].call.name == "Calculator"

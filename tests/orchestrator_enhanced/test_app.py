@@ -47,6 +47,7 @@ def orchestrator(tmp_path: Path, primary: ScriptedChatModel, fallback: ScriptedC
                  **kw) -> Iterator[str]:
     kw.setdefault("memory_db_path", tmp_path / "memory.sqlite3")
     kw.setdefault("guardrails_url", DEAD)
+    kw.setdefault("local_intents", False)  # the scripted model answers every turn (test_intents.py: the rules)
     settings = Settings(_env_file=None, tts_primary_url=DEAD, tts_fallback_url=None, stt_url=DEAD,
                         llm_fallback_url=DEAD if fallback else None, **kw)
     agent = Agent(settings, primary=primary, fallback=fallback, tools=build_tools(settings),
@@ -73,7 +74,7 @@ def test_whats_the_weather_gets_an_answer_with_the_documented_fields(tmp_path, g
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["response"] == "I can't see the weather, but I can search the web for it."
-    assert body["prompt_version"] == "v1.0" and body["llm_engine"] == "llm-flan"
+    assert body["prompt_version"] == "v2.0" and body["llm_engine"] == "llm-flan"
     assert body["blocked"] is False and body["tool_calls"] == [] and body["mode"] == "agent"
     assert len(body["session_id"]) >= 16  # a new session was made
     for stage in ("guard_input", "memory", "agent", "guard_output", "total"):
@@ -231,7 +232,11 @@ def test_tools_prompt_and_config_describe_the_instance(tmp_path):
         tools = httpx.get(f"{url}/tools").json()
         prompt = httpx.get(f"{url}/prompt").json()
         config = httpx.get(f"{url}/config").json()
-    assert [t["name"] for t in tools["tools"]] == ["SendDiscordMessage", "SearchWeb", "GetCurrentTime", "Calculator"]
+    assert [t["name"] for t in tools["tools"]] == ["GetCurrentTime", "Calculator"]  # no search or Discord URL
     assert all(t["description"] for t in tools["tools"])
-    assert prompt["prompt_version"] == "v1.0" and "Atlas" in prompt["system_prompt"]
+    assert prompt["prompt_version"] == "v2.0" and "Atlas" in prompt["system_prompt"]
+    assert "Use GetCurrentTime for the current time, day or date, and Calculator for arithmetic." in \
+        prompt["system_prompt"]
+    assert "look anything up on the internet (no news, weather or prices), or send messages." in \
+        prompt["system_prompt"] and "{" not in prompt["system_prompt"]
     assert config["memory"]["engine"] == "sqlite" and config["mode"] == "agent"

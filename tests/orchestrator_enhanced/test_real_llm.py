@@ -1,5 +1,6 @@
 """The agent on real LLM servers: LangChain's ``ChatOpenAI`` (as the service builds it) against the fleet's llm
-service (SmolLM2-135M-Instruct on llama.cpp, served for real on a free port), with the four tools bound.
+service (SmolLM2-135M-Instruct on llama.cpp, the fastest bundled model: these tests are about wiring, not
+answers; tests/orchestrator_enhanced/test_assistant.py holds those), served for real on a free port, tools bound.
 Checks what scripted models cannot: streamed tokens are not doubled by the final message, the answering server
 is named, a primary on a dead port fails over to the real fallback, and the turn's correlation id and
 deadline reach the LLM server."""
@@ -24,7 +25,7 @@ seen_headers: list[dict[str, str]] = []
 
 @pytest.fixture(scope="module")
 def llm_url():
-    app = create_llm_app(LlmSettings(_env_file=None, llm_n_ctx=1024, llm_max_tokens=48))
+    app = create_llm_app(LlmSettings(_env_file=None, llm_bundled_model="smollm2-135m", llm_n_ctx=1024, llm_max_tokens=48))
 
     @app.middleware("http")
     async def record(request: Request, call_next):
@@ -55,20 +56,21 @@ async def run_streamed(agent: Agent, text: str) -> tuple[list[str], AgentAnswer]
     return deltas, answer
 
 
-async def test_streamed_tokens_add_up_to_the_answer_once(llm_url):
-    deltas, answer = await run_streamed(agent_for(llm_url, None, enable_langchain=False), "Say hello to Ada.")
-    assert len(deltas) > 1, "the answer was not streamed token by token"
+async def test_streamed_sentences_add_up_to_the_answer_once(llm_url):
+    deltas, answer = await run_streamed(agent_for(llm_url, None, enable_langchain=False),
+                                        "Write three short sentences about cats.")
+    assert len(deltas) > 1, "the answer was not streamed sentence by sentence"
     assert "".join(deltas) == answer.text and answer.text.strip()
     assert answer.llm_engine == "llm"
 
 
 async def test_a_dead_primary_fails_over_to_the_real_fallback_with_tools_bound(llm_url):
-    agent = agent_for(f"http://127.0.0.1:{free_port()}", llm_url)
+    agent = agent_for(f"http://127.0.0.1:{free_port()}", llm_url, local_intents=False)
     deltas, answer = await run_streamed(agent, "What is 12 times 7?")
     assert answer.llm_engine == "llm"
     assert answer.text.strip() and "".join(deltas) == answer.text
     for call in answer.tool_calls:  # whatever SmolLM2 chose, a tool call ran and answered in words
-        assert call.name in {"SendDiscordMessage", "SearchWeb", "GetCurrentTime", "Calculator"} and call.result
+        assert call.name in {"GetCurrentTime", "Calculator"} and call.result  # only the tools that can work
 
 
 async def test_the_correlation_id_and_deadline_reach_the_llm_server(llm_url):

@@ -1,0 +1,235 @@
+"""Local intents: requests a rule answers exactly, matched before the LLM and answered without it (the way
+Home Assistant's Assist matches its local intents first). A match is certain or there is none: anything a
+rule does not recognise as a whole goes to the agent unchanged.
+
+- **time and date**: "what time is it (in Tokyo)?", "what's the date today?", "what day of the week is it?"
+  -> the GetCurrentTime tool (same clock, same zone rules, same sentence as when the model calls it);
+- **arithmetic**: a whole transcript that is a calculation ("what is 12 times 7", "add 25 and 17", "the
+  square root of 81") -> the Calculator tool;
+- **unit conversions**: "how many metres are in 5 kilometres?", "convert 70 degrees Fahrenheit to Celsius"
+  (length, mass, time, volume, temperature) -> an exact answer computed here.
+
+`match` only recognises; `services.orchestrator_enhanced.agent.Agent` runs the tool and records the call, so
+a matched turn looks like a turn where the model called that tool (answer, tool call, memory, metrics).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.orchestrator_enhanced.tools import (
+    _FUNCTIONS,
+    CalcError,
+    _number_words,
+    evaluate,
+    find_zone,
+    speakable,
+    to_expression,
+)
+
+
+@dataclass(frozen=True)
+class Intent:
+    tool: str
+    """The tool whose work this is: ``GetCurrentTime`` or ``Calculator``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Arguments for that tool."""
+    answer: str | None = None
+    """The answer when it is computed here (conversions); None: the tool's own answer."""
+
+
+# --- normalising a transcript -----------------------------------------------------------------------------
+
+_POLITE = re.compile(
+    r"^(?:(?:hey|hi|ok|okay|so|um|uh|well|atlas|assistant|please|quick question)[,!.]?\s+)*"
+    r"(?:(?:can|could|would|will) you (?:please )?(?:tell me|say|work out|calculate|compute|figure out)\s+"
+    r"|(?:do you know|tell me|i want to know|i'd like to know)\s+)?",
+    re.IGNORECASE,
+)
+_TAIL = re.compile(r"(?:[\s,]+(?:please|thanks|thank you))?[\s?.!]*$", re.IGNORECASE)
+
+
+def normalise(text: str) -> str:
+    """Lower-cased transcript without greetings, "can you tell me", "please" or end punctuation."""
+    text = " ".join(text.replace("’", "'").split())
+    text = _TAIL.sub("", _POLITE.sub("", text))
+    return text.lower().strip(" ,")
+
+
+# --- time and date ----------------------------------------------------------------------------------------
+
+_TIME = re.compile(
+    r"^(?:what(?:'s| is) the (?:current |exact )?time|what time is it|what time it is|the time)"
+    r"(?: (?:right )?now| at the moment)?(?: in (?P<place>[a-z][a-z .'-]{1,40}?))?(?: (?:right )?now)?$"
+)
+_DATE = re.compile(
+    r"^(?:what(?:'s| is) (?:the date|today's date|the day|today)|what date is it|what day is it|"
+    r"what day of the week is it|which day is it|what day is today|what date is today|what's the day today|"
+    r"what day of the week is today)(?: today)?(?: in (?P<place>[a-z][a-z .'-]{1,40}?))?$"
+)
+
+
+def _time_intent(text: str) -> Intent | None:
+    m = _TIME.match(text) or _DATE.match(text)
+    if m is None:
+        return None
+    place = (m.group("place") or "").strip()
+    if not place:
+        return Intent("GetCurrentTime", {})
+    zone = find_zone(place)
+    return Intent("GetCurrentTime", {"timezone": zone.key}) if zone is not None else None  # the model may know
+
+
+# --- arithmetic -------------------------------------------------------------------------------------------
+
+_NUM = r"(?:-?\d[\d,]*(?:\.\d+)?|[a-z]+(?:[ -][a-z]+){0,4}?)"
+_VERBS = [
+    (re.compile(rf"^(?:add|sum) (?P<a>{_NUM}) (?:and|to|plus) (?P<b>{_NUM})$"), "{a} plus {b}"),
+    (re.compile(rf"^subtract (?P<a>{_NUM}) from (?P<b>{_NUM})$"), "{b} minus {a}"),
+    (re.compile(rf"^take (?P<a>{_NUM}) (?:away )?from (?P<b>{_NUM})$"), "{b} minus {a}"),
+    (re.compile(rf"^multiply (?P<a>{_NUM}) (?:by|and|with) (?P<b>{_NUM})$"), "{a} times {b}"),
+    (re.compile(rf"^divide (?P<a>{_NUM}) by (?P<b>{_NUM})$"), "{a} divided by {b}"),
+    (re.compile(rf"^what(?:'s| is) (?P<a>{_NUM}) (?:and|plus) (?P<b>{_NUM})$"), "{a} plus {b}"),
+]
+_OPERATORS = {"+", "-", "*", "/", "//", "%", "**"}
+_ALLOWED_WORDS = set(_FUNCTIONS) | {"pi", "e"}
+
+
+def _arithmetic_intent(text: str) -> Intent | None:
+    spoken = text
+    for pattern, template in _VERBS:
+        m = pattern.match(text)
+        if m:
+            spoken = template.format(**m.groupdict())
+            break
+    expression = to_expression(spoken)
+    tokens = expression.split()
+    words = {t for t in tokens if t[0].isalpha()}
+    if not words <= _ALLOWED_WORDS:
+        return None  # words that are not arithmetic: not a calculation, or not one a rule understands
+    if not (_OPERATORS & set(tokens[1:]) or "sqrt" in words):
+        return None  # "what is 7": a number, not a calculation
+    try:
+        evaluate(expression)
+    except CalcError as exc:
+        if "understand" in str(exc) or "only work out" in str(exc):
+            return None
+    return Intent("Calculator", {"expression": spoken})
+
+
+# --- unit conversions -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    singular: str
+    plural: str
+    dimension: str
+    factor: float
+    """Size in the dimension's base unit (metre, gram, second, litre); temperatures convert by formula."""
+
+
+_UNIT_LIST: list[tuple[Unit, tuple[str, ...]]] = [
+    (Unit("millimetre", "millimetres", "length", 0.001), ("millimetre", "millimetres", "millimeter", "millimeters", "mm")),
+    (Unit("centimetre", "centimetres", "length", 0.01), ("centimetre", "centimetres", "centimeter", "centimeters", "cm")),
+    (Unit("metre", "metres", "length", 1.0), ("metre", "metres", "meter", "meters", "m")),
+    (Unit("kilometre", "kilometres", "length", 1000.0), ("kilometre", "kilometres", "kilometer", "kilometers", "km")),
+    (Unit("inch", "inches", "length", 0.0254), ("inch", "inches")),
+    (Unit("foot", "feet", "length", 0.3048), ("foot", "feet", "ft")),
+    (Unit("yard", "yards", "length", 0.9144), ("yard", "yards", "yd")),
+    (Unit("mile", "miles", "length", 1609.344), ("mile", "miles", "mi")),
+    (Unit("milligram", "milligrams", "mass", 0.001), ("milligram", "milligrams", "mg")),
+    (Unit("gram", "grams", "mass", 1.0), ("gram", "grams", "gramme", "grammes", "g")),
+    (Unit("kilogram", "kilograms", "mass", 1000.0), ("kilogram", "kilograms", "kilo", "kilos", "kg", "kgs")),
+    (Unit("tonne", "tonnes", "mass", 1e6), ("tonne", "tonnes", "metric ton", "metric tons")),
+    (Unit("ounce", "ounces", "mass", 28.349523125), ("ounce", "ounces", "oz")),
+    (Unit("pound", "pounds", "mass", 453.59237), ("pound", "pounds", "lb", "lbs")),
+    (Unit("second", "seconds", "time", 1.0), ("second", "seconds", "sec", "secs")),
+    (Unit("minute", "minutes", "time", 60.0), ("minute", "minutes", "min", "mins")),
+    (Unit("hour", "hours", "time", 3600.0), ("hour", "hours", "hr", "hrs")),
+    (Unit("day", "days", "time", 86400.0), ("day", "days")),
+    (Unit("week", "weeks", "time", 604800.0), ("week", "weeks")),
+    (Unit("millilitre", "millilitres", "volume", 0.001), ("millilitre", "millilitres", "milliliter", "milliliters", "ml")),
+    (Unit("litre", "litres", "volume", 1.0), ("litre", "litres", "liter", "liters", "l")),
+    (Unit("degree Celsius", "degrees Celsius", "temperature", 0.0),
+     ("degree celsius", "degrees celsius", "celsius", "degree centigrade", "degrees centigrade", "centigrade")),
+    (Unit("degree Fahrenheit", "degrees Fahrenheit", "temperature", 0.0),
+     ("degree fahrenheit", "degrees fahrenheit", "fahrenheit")),
+    (Unit("kelvin", "kelvin", "temperature", 0.0), ("kelvin", "kelvins")),
+]
+_UNITS = {name: unit for unit, names in _UNIT_LIST for name in names}
+_UNIT = "(?:" + "|".join(re.escape(n) for n in sorted(_UNITS, key=len, reverse=True)) + ")"
+_AMOUNT = r"(?:-?\d[\d,]*(?:\.\d+)?|an?|[a-z]+(?:[ -][a-z]+){0,4}?)"
+_CONVERSIONS = [
+    re.compile(rf"^how many (?P<to>{_UNIT}) (?:are |is |make |make up )?(?:there )?(?:in |to )?(?:a |an )?"
+               rf"(?P<n>{_AMOUNT}) (?P<from>{_UNIT})$"),
+    re.compile(rf"^how many (?P<to>{_UNIT}) (?:are |is )?(?:there )?in (?:a |an |one )(?P<from>{_UNIT})$"),
+    re.compile(rf"^(?:convert |what(?:'s| is) |how much is |how many {_UNIT} is )?(?P<n>{_AMOUNT}) (?P<from>{_UNIT}) "
+               rf"(?:to|in|into|in terms of|as) (?P<to>{_UNIT})$"),
+]
+
+
+def _amount(text: str | None) -> float | None:
+    if text is None or text in ("a", "an"):
+        return 1.0
+    text = text.replace(",", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    words = _number_words(text.replace("-", " ").split())
+    if len(words) == 1:
+        try:
+            return float(words[0])
+        except ValueError:
+            return None
+    return None
+
+
+def _to_base(value: float, unit: Unit) -> float:
+    if unit.dimension != "temperature":
+        return value * unit.factor
+    if unit.singular == "degree Fahrenheit":
+        return (value - 32.0) * 5.0 / 9.0
+    return value - 273.15 if unit.singular == "kelvin" else value
+
+
+def _from_base(value: float, unit: Unit) -> float:
+    if unit.dimension != "temperature":
+        return value / unit.factor
+    if unit.singular == "degree Fahrenheit":
+        return value * 9.0 / 5.0 + 32.0
+    return value + 273.15 if unit.singular == "kelvin" else value
+
+
+def _named(value: float, unit: Unit) -> str:
+    text, exact = speakable(round(value, 10))
+    return f"{'' if exact else 'about '}{text} {unit.singular if text in ('1', '-1') else unit.plural}"
+
+
+def _conversion_intent(text: str) -> Intent | None:
+    for pattern in _CONVERSIONS:
+        m = pattern.match(text)
+        if m is None:
+            continue
+        source, target = _UNITS[m.group("from")], _UNITS[m.group("to")]
+        amount = _amount(m.groupdict().get("n"))
+        if amount is None or source.dimension != target.dimension or source == target:
+            return None
+        result = _from_base(_to_base(amount, source), target)
+        if source.dimension == "temperature":
+            expression = f"{amount:g} {source.plural} in {target.plural}"
+        else:
+            expression = f"{amount:g} * {source.factor:g} / {target.factor:g}"
+        return Intent("Calculator", {"expression": expression},
+                      answer=f"{_named(amount, source).removeprefix('about ')} is {_named(result, target)}.")
+    return None
+
+
+def match(transcript: str) -> Intent | None:
+    """The local intent ``transcript`` is, or None (then the agent answers)."""
+    text = normalise(transcript)
+    if not text or len(text) > 200:
+        return None
+    return _time_intent(text) or _conversion_intent(text) or _arithmetic_intent(text)
