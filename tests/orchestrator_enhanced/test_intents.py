@@ -1,0 +1,109 @@
+"""Local intents (time, date, arithmetic, unit conversions): recognised only when the whole request is one, and
+answered by the tool without asking the LLM; everything else reaches the model unchanged."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from services.orchestrator_enhanced.agent import LOCAL_ENGINE, Agent, TextDelta, ToolCalled, load_system_prompt
+from services.orchestrator_enhanced.intents import Intent, match
+from services.orchestrator_enhanced.settings import Settings
+from services.orchestrator_enhanced.testing import ScriptedChatModel, say
+from services.orchestrator_enhanced.tools import build_tools
+from services.orchestrator_enhanced.turn import TurnContext
+
+CTX = TurnContext("intents")
+NOON = datetime(2026, 11, 24, 12, 5, tzinfo=timezone.utc)
+
+
+def make_agent(model: ScriptedChatModel, **kw) -> Agent:
+    s = Settings(_env_file=None, **kw)
+    return Agent(s, primary=model, fallback=None, tools=build_tools(s, clock=lambda: NOON),
+                 system_prompt=load_system_prompt(s))
+
+
+@pytest.mark.parametrize(("text", "intent"), [
+    ("What time is it?", Intent("GetCurrentTime", {})),
+    ("Hey, what's the time right now?", Intent("GetCurrentTime", {})),
+    ("Can you tell me what time it is in New York please?", Intent("GetCurrentTime", {"timezone": "America/New_York"})),
+    ("What time is it in Tokyo?", Intent("GetCurrentTime", {"timezone": "Asia/Tokyo"})),
+    ("What's the date today?", Intent("GetCurrentTime", {})),
+    ("What day of the week is it?", Intent("GetCurrentTime", {})),
+    ("What is 12 times 7?", Intent("Calculator", {"expression": "what is 12 times 7"})),
+    ("Add 25 and 17.", Intent("Calculator", {"expression": "25 plus 17"})),
+    ("Subtract 8 from 20", Intent("Calculator", {"expression": "20 minus 8"})),
+    ("What is the square root of 81?", Intent("Calculator", {"expression": "what is the square root of 81"})),
+    ("What is 10 divided by 0?", Intent("Calculator", {"expression": "what is 10 divided by 0"})),
+])
+def test_requests_a_rule_answers_exactly_are_recognised(text, intent):
+    assert match(text) == intent
+
+
+@pytest.mark.parametrize(("text", "answer"), [
+    ("How many metres are in 5 kilometres?", "5 kilometres is 5,000 metres."),
+    ("How many grams is one kilogram?", "1 kilogram is 1,000 grams."),
+    ("How many seconds are there in an hour?", "1 hour is 3,600 seconds."),
+    ("How many ounces in a pound?", "1 pound is 16 ounces."),
+    ("Convert 100 degrees Celsius to Fahrenheit.", "100 degrees Celsius is 212 degrees Fahrenheit."),
+    ("What's 10 miles in kilometres?", "10 miles is about 16.0934 kilometres."),
+])
+def test_unit_conversions_are_answered_exactly(text, answer):
+    intent = match(text)
+    assert intent is not None and intent.tool == "Calculator" and intent.answer == answer
+
+
+@pytest.mark.parametrize("text", [
+    "What is the capital of France?",
+    "What is 7?",  # a number, not a calculation
+    "How many people live in Paris?",
+    "How many legs does a spider have?",
+    "What time is it in Narnia?",  # no such zone: the model may still know what is meant
+    "Now add 8 to that.",  # needs the previous turn: the model's job
+    "Set a timer for ten minutes.",
+    "Convert 5 kilograms to metres.",  # not the same kind of unit
+    "What is one third of 90?",
+    "",
+])
+def test_anything_else_goes_to_the_model(text):
+    assert match(text) is None
+
+
+async def test_a_local_intent_is_answered_by_the_tool_without_the_llm():
+    model = ScriptedChatModel(script=[say("the model must not be asked")])
+    events = [e async for e in make_agent(model).stream("What is 12 times 7?", [], CTX)]
+    assert model.calls == []
+    assert [type(e).__name__ for e in events] == ["ToolCalled", "TextDelta", "AgentAnswer"]
+    call, delta, answer = events[0], events[1], events[2]
+    assert isinstance(call, ToolCalled) and call.call.name == "Calculator" and call.call.ok
+    assert isinstance(delta, TextDelta) and delta.text == answer.text == "12 times 7 is 84."
+    assert answer.llm_engine == LOCAL_ENGINE and [c.name for c in answer.tool_calls] == ["Calculator"]
+    assert [m.content for m in answer.messages] == ["12 times 7 is 84."]  # what memory keeps for a follow-up
+
+
+async def test_the_time_intent_uses_the_tools_clock_and_zone():
+    model = ScriptedChatModel()
+    answer = await make_agent(model, assistant_timezone="Europe/Berlin").run("what's the time?", [], CTX)
+    assert answer.text == "It's 1:05 PM on Tuesday, 24 November 2026 in Europe/Berlin." and model.calls == []
+    answer = await make_agent(model).run("What time is it in Tokyo?", [], CTX)
+    assert answer.text == "It's 9:05 PM on Tuesday, 24 November 2026 in Asia/Tokyo."
+
+
+async def test_a_refused_calculation_is_said_honestly():
+    answer = await make_agent(ScriptedChatModel()).run("What is 10 divided by 0?", [], CTX)
+    assert answer.text == "That would mean dividing by zero, which has no answer."
+    assert answer.tool_calls[0].ok is False and answer.llm_engine == LOCAL_ENGINE
+
+
+async def test_with_local_intents_off_the_model_gets_every_request():
+    model = ScriptedChatModel(script=[say("Eighty-four.")])
+    answer = await make_agent(model, local_intents=False).run("What is 12 times 7?", [], CTX)
+    assert answer.text == "Eighty-four." and len(model.calls) == 1 and answer.llm_engine == "scripted"
+
+
+async def test_local_intents_also_answer_in_direct_mode():
+    model = ScriptedChatModel()
+    agent = make_agent(model, enable_langchain=False)
+    assert agent.tools == [] and agent.mode == "direct"
+    assert (await agent.run("What is 6 times 7?", [], CTX)).text == "6 times 7 is 42." and model.calls == []
