@@ -49,7 +49,7 @@ test-integration: install
 	$(BIN)/python -m pytest -m integration
 
 models: install
-	$(BIN)/python scripts/make_models.py --ct2
+	$(BIN)/python scripts/make_models.py --ct2 $(if $(GGUF),--gguf $(GGUF)) $(if $(SHA256),--sha256 $(SHA256))
 
 docs-config: install
 	$(BIN)/python scripts/gen_config_docs.py

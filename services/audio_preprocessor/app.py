@@ -19,6 +19,7 @@ Streaming protocol (WebSocket ``/denoise/streaming?rate=16000&format=s16le``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from fastapi.responses import Response
 
 from services.audio_preprocessor.engine import Denoiser, DenoiseStream, build_denoisers
 from services.audio_preprocessor.settings import Settings
+from services.audio_preprocessor.snr import estimate_snr_db
 from services.audio_preprocessor.streaming import FORMATS, StreamClosed, decode_frame, encode_frame
 from services.common import metrics
 from services.common.audio import decode_audio, encode_wav
@@ -53,7 +55,9 @@ def create_app(settings: Settings, engines: tuple[Denoiser, Denoiser] | None = N
         audio: Annotated[UploadFile | None, File(description="Alias of `file` (the plan's field name).")] = None,
     ) -> Response:
         """Denoise one file. Returns 16-bit WAV at the input's rate, channels and length (the engine's delay
-        is compensated); the engine is in X-Denoise-Engine, the rate in X-Sample-Rate."""
+        is compensated); the engine is in X-Denoise-Engine, the rate in X-Sample-Rate. A recording whose
+        estimated SNR is at least DENOISE_SKIP_ABOVE_SNR_DB comes back as it is (X-Denoised: false): denoising
+        clean speech only costs time. The estimate is in X-Estimated-SNR-dB."""
         upload = file or audio
         if upload is None or (file is not None and audio is not None):
             raise InvalidRequestError("send the audio as exactly one multipart field, `file` (or `audio`)",
@@ -64,6 +68,14 @@ def create_app(settings: Settings, engines: tuple[Denoiser, Denoiser] | None = N
             raise PayloadTooLargeError(f"upload is {upload.size} bytes; the limit is {limit} bytes", param="file")
         data = await upload.read(limit + 1)
         seg = decode_audio(data, max_bytes=limit, max_duration_s=settings.denoise_max_audio_s)
+        snr = await asyncio.to_thread(estimate_snr_db, seg.samples, seg.sample_rate)
+        headers = {"X-Sample-Rate": str(seg.sample_rate), "X-Audio-Channels": str(seg.channels)}
+        if snr is not None:
+            headers["X-Estimated-SNR-dB"] = f"{snr:.1f}"
+        if snr is not None and snr >= settings.denoise_skip_above_snr_db:
+            metrics.AUDIO_SECONDS.labels(metrics.service(), "none", "denoise_skipped").inc(seg.duration_s)
+            return Response(encode_wav(seg), media_type="audio/wav",
+                            headers={**headers, "X-Denoise-Engine": "none", "X-Denoised": "false"})
         t0 = time.perf_counter()
         out = await runner.run(batch.denoise, seg, operation="denoise")
         labels = (metrics.service(), batch.name, "denoise")
@@ -71,8 +83,7 @@ def create_app(settings: Settings, engines: tuple[Denoiser, Denoiser] | None = N
         if seg.duration_s > 0:
             metrics.REAL_TIME_FACTOR.labels(*labels).observe((time.perf_counter() - t0) / seg.duration_s)
         return Response(encode_wav(out), media_type="audio/wav",
-                        headers={"X-Denoise-Engine": batch.name, "X-Sample-Rate": str(out.sample_rate),
-                                 "X-Audio-Channels": str(out.channels)})
+                        headers={**headers, "X-Denoise-Engine": batch.name, "X-Denoised": "true"})
 
     @router.websocket("/denoise/streaming")
     async def denoise_streaming(socket: WebSocket, rate: int = 16000, format: str = "s16le") -> None:

@@ -45,6 +45,12 @@ class Settings(BaseServiceSettings):
     deepfilternet_post_filter_beta: float = Field(0.0, ge=0.0, le=1.0)
     """DeepFilterNet3 post-filter strength (0: off). Higher suppresses more residual noise, with more artefacts."""
 
+    denoise_skip_above_snr_db: float = Field(20.0, ge=0.0, le=200.0)
+    """POST /denoise returns a recording unchanged when its estimated SNR (``snr.py``) is at least this many
+    dB: denoising helps transcription only under heavy noise and costs ~0.3 s per second of audio. 20 keeps
+    every clean utterance of the evaluation set (estimates 24-41 dB) and denoises 0 and 5 dB mixtures
+    (6-17 dB); 200 denoises everything."""
+
     denoise_max_audio_s: float = Field(600.0, gt=0, le=14_400)
     """Longest audio POST /denoise accepts, in seconds (longer: 422)."""
 

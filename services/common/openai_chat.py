@@ -129,6 +129,22 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
+class AllowedTools(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["auto", "required"] = "auto"
+    tools: list[NamedToolChoice]
+
+
+class AllowedToolsChoice(BaseModel):
+    """OpenAI's ``{"type": "allowed_tools", "allowed_tools": {"mode", "tools": [{"type": "function",
+    "function": {"name"}}]}}``: every tool stays in the prompt (so a prompt cache keeps it) but only these may
+    be called; an empty list under ``auto`` lets the model only answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
@@ -157,7 +173,7 @@ class ChatCompletionBody(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[ToolDef] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice | None = None
     parallel_tool_calls: bool | None = Field(None, description="At most one tool call is returned either way.")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -189,6 +205,15 @@ class ChatCompletionBody(BaseModel):
             if self.tool_choice.function.name not in names:
                 raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among the "
                                  f"tools ({', '.join(names)})")
+        if isinstance(self.tool_choice, AllowedToolsChoice):
+            names = [t.function.name for t in self.tools or []]
+            allowed = self.tool_choice.allowed_tools
+            unknown = [t.function.name for t in allowed.tools if t.function.name not in names]
+            if unknown:
+                raise ValueError(f"tool_choice.allowed_tools names {', '.join(map(repr, unknown))}, not among the "
+                                 f"tools ({', '.join(names)})")
+            if allowed.mode == "required" and not allowed.tools:
+                raise ValueError("tool_choice.allowed_tools with mode required needs at least one tool")
         if self.tools:
             names = [t.function.name for t in self.tools]
             if len(set(names)) != len(names):
@@ -213,15 +238,25 @@ class ChatRequest:
     seed: int | None = None
     tools: list[FunctionDef] = field(default_factory=list)
     tool_choice: str = "none"
+    allowed: list[str] | None = None
+    """Names of the tools the model may call (``allowed_tools``); None: every tool. The prompt shows all."""
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+
+    def callable_tools(self) -> list[FunctionDef]:
+        """The tools the model may call: ``tools``, narrowed by ``allowed``."""
+        return self.tools if self.allowed is None else [t for t in self.tools if t.name in self.allowed]
 
     @classmethod
     def from_body(cls, body: ChatCompletionBody) -> ChatRequest:
         tools = [t.function for t in body.tools or []]
         choice = body.tool_choice
+        allowed = None
         if isinstance(choice, NamedToolChoice):
             resolved = choice.function.name
+        elif isinstance(choice, AllowedToolsChoice):
+            resolved = choice.allowed_tools.mode
+            allowed = [t.function.name for t in choice.allowed_tools.tools]
         else:
             resolved = choice or ("auto" if tools else "none")
         return cls(
@@ -234,6 +269,7 @@ class ChatRequest:
             seed=body.seed,
             tools=tools if resolved != "none" else [],
             tool_choice=resolved,
+            allowed=allowed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
         )

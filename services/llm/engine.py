@@ -72,6 +72,7 @@ from services.common.openai_chat import (
 )
 from services.llm.models import BUNDLED, materialize, parts
 from services.llm.settings import Settings
+from services.llm.states import PromptStates
 from services.llm.worker import ChildDied, ChildObject, describe_exit
 
 if TYPE_CHECKING:
@@ -212,9 +213,11 @@ def arguments_gbnf(fn: FunctionDef) -> str:
 
 def header_gbnf(tools: Sequence[FunctionDef], mode: str) -> tuple[str, list[str]]:
     """Grammar that picks ``functions.<name>:`` (``required``) or that or ``message:`` (``auto``), and the
-    complete headers it accepts. Names match ``[A-Za-z0-9_-]+`` (checked by the body), safe in GBNF."""
+    complete headers it accepts. ``tools`` are the callable ones (``allowed_tools`` narrows them; the prompt
+    still shows every tool, so its KV cache survives a change of what is allowed). Names match
+    ``[A-Za-z0-9_-]+`` (checked by the body), safe in GBNF."""
     names = " | ".join(f'"{fn.name}"' for fn in tools)
-    alternatives = [f'"{FUNCTION_PREFIX}" ({names}) ":\\n"']
+    alternatives = [f'"{FUNCTION_PREFIX}" ({names}) ":\\n"'] if tools else []  # none callable: answer only
     headers = [f"{FUNCTION_PREFIX}{fn.name}:\n" for fn in tools]
     if mode == "auto":
         alternatives.insert(0, '"message:\\n"')
@@ -363,6 +366,7 @@ class LlamaCore:
         self.default_temperature = settings.llm_temperature
         self.default_top_p = settings.llm_top_p
         self.prompt_cache = settings.llm_prompt_cache
+        self.states = PromptStates(settings.llm_prompt_cache_mb * 1024 * 1024 if settings.llm_prompt_cache else 0)
         self.extra_buffer_types = settings.llm_extra_buffer_types
         self._llm: Llama | None = None
         self._formatter: Any = None
@@ -434,7 +438,8 @@ class LlamaCore:
 
     def stats(self) -> dict[str, int]:
         """KV-cache facts for tests and debugging: tokens held, resets done."""
-        return {"n_tokens": self._model().n_tokens, "resets": self.resets}
+        return {"n_tokens": self._model().n_tokens, "resets": self.resets, "restores": self.states.restores,
+                "saved_states": len(self.states.items)}
 
     def check_grammar(self, gbnf: str) -> None:
         """InvalidRequestError if llama.cpp cannot parse ``gbnf``."""
@@ -462,6 +467,8 @@ class LlamaCore:
         llm = self._model()
         msgs = req.messages
         mode = req.tool_choice if req.tools else "none"
+        if req.allowed is not None:  # allowed_tools: the same instructions whatever is allowed (one cached prompt)
+            mode = "auto"
         forced = f"{FUNCTION_PREFIX}{mode}:\n" if mode not in ("none", "auto", "required") else ""
         droppable = [i for i, m in enumerate(msgs[:-1]) if m.role not in SYSTEM_ROLES]
         call_owner = {tc.id: i for i, m in enumerate(msgs) for tc in (m.tool_calls or [])}
@@ -562,7 +569,7 @@ class LlamaCore:
 
         used, tokens, name = 0, prompt.tokens, mode
         if mode in ("auto", "required"):
-            head_gbnf, headers = header_gbnf(req.tools, mode)
+            head_gbnf, headers = header_gbnf(req.callable_tools(), mode)
             head = _drain(self._sample(llm, tokens, sampling, max_tokens=max_tokens, grammar=self._grammar(head_gbnf),
                                        until=headers))
             used, tokens = len(head.tokens), tokens + head.tokens
@@ -603,6 +610,8 @@ class LlamaCore:
             if not self.prompt_cache:
                 llm.reset()
                 self.resets += 1
+            else:
+                self.states.restore(llm, prompt.tokens)
             sampling = Sampling(
                 temperature=temperature,
                 top_p=self.default_top_p if req.top_p is None else req.top_p,
@@ -611,6 +620,7 @@ class LlamaCore:
                 seed=choice_seed(req.seed, index, temperature),
             )
             completion += yield from self._choice(llm, index, req, prompt, sampling, max_tokens, grammars)
+            self.states.save(llm)
         yield Usage(prompt_tokens=len(prompt.tokens), completion_tokens=completion)
 
 

@@ -66,6 +66,12 @@ class Settings(BaseServiceSettings):
     evaluation gives (another batch shape moves logits in their last bits). false: every request evaluates
     its prompt afresh, so temperature 0 is exactly reproducible. The fleet's ``.env.service`` turns it on."""
 
+    llm_prompt_cache_mb: int = Field(256, ge=0, le=65_536)
+    """With LLM_PROMPT_CACHE: memory for saved context states (``states.py``), so a prompt continues from the
+    longest prefix any recent request evaluated, not only the previous one (sessions that take turns; the
+    system prompt with and without tools). ~12-28 KB per token for the bundled models. 0: the previous
+    request's prefix only."""
+
     llm_extra_buffer_types: bool = False
     """Let llama.cpp put weights into its extra buffer types (weights repacked for the CPU's AMX or AVX
     kernels). Off: every weight stays in the plain CPU buffer. With llama-cpp-python 0.3.36 built for a CPU

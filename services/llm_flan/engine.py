@@ -135,14 +135,15 @@ class FlanT5Engine:
         return "".join(text), len(ids), tokens
 
     async def _decide_tools(self, req: ChatRequest) -> ToolDecision | None:
-        if not req.tools or req.tool_choice == "none":
+        tools = req.callable_tools()
+        if not tools or req.tool_choice == "none":
             return None
 
         def transcript(task: str) -> tuple[str, int]:
             prompt = self._prompt(req, task)
             return prompt.text, self._count(prompt.text)
 
-        return await self.tools.decide(req.tools, req.tool_choice, req.messages, transcript)
+        return await self.tools.decide(tools, req.tool_choice, req.messages, transcript)
 
     async def _prepare(self, req: ChatRequest) -> tuple[ToolDecision | None, Prompt | None, list[int], dict[str, str]]:
         self._require_ready()

@@ -29,12 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
@@ -43,7 +44,7 @@ from services.common.errors import InvalidRequestError, ServiceError, UpstreamUn
 from services.common.http import CircuitBreaker
 from services.common.metrics import ORCH_TOOL_CALLS, service
 from services.orchestrator_enhanced import intents
-from services.orchestrator_enhanced.llm import FailoverMiddleware
+from services.orchestrator_enhanced.llm import FailoverMiddleware, allowed_tools
 from services.orchestrator_enhanced.settings import Settings
 from services.orchestrator_enhanced.spoken import SpokenFilter
 from services.orchestrator_enhanced.turn import TurnContext
@@ -143,6 +144,34 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+class ToolSelection(AgentMiddleware):
+    """Lets the model call only the tools the turn's request may need (`intents.offered`, ``TOOL_SELECTION=
+    relevant``): a small model that may call GetCurrentTime calls it for "the capital of France". The request
+    is the turn's last human message, so every step of a turn allows the same tools. Every tool stays in the
+    prompt (OpenAI's ``allowed_tools`` tool choice), so the LLM server's prompt cache holds across turns."""
+
+    @property
+    def name(self) -> str:
+        return "ToolSelection"
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
+        raise NotImplementedError("the orchestrator runs its agent asynchronously (ainvoke/astream)")
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> ModelResponse | AIMessage:
+        if not request.tools:
+            return await handler(request)
+        if isinstance(request.tool_choice, dict):  # already narrowed (the step limit)
+            return await handler(request)
+        said = next((_text_of(m.content) for m in reversed(request.messages) if isinstance(m, HumanMessage)), "")
+        names = [getattr(t, "name", "") for t in request.tools]
+        keep = intents.offered(said, names)
+        if len(keep) == len(names):
+            return await handler(request)
+        return await handler(request.override(tool_choice=allowed_tools(keep)))
+
+
 class Agent:
     """One compiled LangChain agent graph, shared by every turn (it keeps no per-turn state)."""
 
@@ -158,7 +187,10 @@ class Agent:
             breaker=CircuitBreaker(f"llm:{settings.llm_primary_model}", settings.breaker_failure_threshold,
                                    settings.breaker_reset_s),
         )
-        self.graph = create_agent(primary, self.tools, system_prompt=self.system_prompt, middleware=[self.failover],
+        middleware: list[AgentMiddleware] = [self.failover]
+        if settings.tool_selection == "relevant":
+            middleware.insert(0, ToolSelection())
+        self.graph = create_agent(primary, self.tools, system_prompt=self.system_prompt, middleware=middleware,
                                   context_schema=TurnContext)
 
     async def _graph_stream(self, inputs: dict[str, Any], ctx: TurnContext) -> AsyncIterator[tuple[str, Any]]:
@@ -192,8 +224,8 @@ class Agent:
         if not text.strip():
             raise InvalidRequestError("the transcript is empty", param="transcript")
         if self.settings.local_intents:
-            intent = intents.match(text)
-            if intent is not None and intent.tool in self.local_tools:
+            intent = intents.match(text, {t.name for t in self.tools})
+            if intent is not None and (intent.tool is None or intent.tool in self.local_tools):
                 async for event in self._local(intent):
                     yield event
                 return
@@ -251,6 +283,12 @@ class Agent:
 
     async def _local(self, intent: intents.Intent) -> AsyncIterator[AgentEvent]:
         """A local intent's turn: its tool's answer (or the answer computed by the intent), no LLM."""
+        if intent.tool is None:  # something the assistant cannot do: no tool ran
+            spoken = SpokenFilter()
+            yield TextDelta(spoken.add(intent.answer or NO_ANSWER))
+            log.info("local intent: cannot do, answered without the LLM")
+            yield AgentAnswer(text=spoken.text, llm_engine=LOCAL_ENGINE, messages=[AIMessage(spoken.text)])
+            return
         if intent.answer is not None:
             record = ToolCallRecord(name=intent.tool, args=intent.args, result=intent.answer, ok=True)
         else:

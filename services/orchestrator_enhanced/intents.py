@@ -7,7 +7,15 @@ rule does not recognise as a whole goes to the agent unchanged.
 - **arithmetic**: a whole transcript that is a calculation ("what is 12 times 7", "add 25 and 17", "the
   square root of 81") -> the Calculator tool;
 - **unit conversions**: "how many metres are in 5 kilometres?", "convert 70 degrees Fahrenheit to Celsius"
-  (length, mass, time, volume, temperature) -> an exact answer computed here.
+  (length, mass, time, volume, temperature) -> an exact answer computed here;
+- **what the assistant cannot do**: commands for timers, alarms and reminders, devices (lights, thermostat,
+  locks), media ("play ...") and phone calls, and, while their tools are not offered, web look-ups (search,
+  news, weather, prices, scores) and sending messages -> one honest sentence saying so (no tool, no model,
+  which a small model would answer by pretending it did them).
+
+`offered` decides, for the agent's model, which tools a request may need (keyword rules per tool: a number or
+an arithmetic word for Calculator, a time or date word for GetCurrentTime, ...): the model is offered only
+those, since small models call any tool they are shown ("the capital of France" -> GetCurrentTime).
 
 `match` only recognises; `services.orchestrator_enhanced.agent.Agent` runs the tool and records the call, so
 a matched turn looks like a turn where the model called that tool (answer, tool call, memory, metrics).
@@ -32,8 +40,9 @@ from services.orchestrator_enhanced.tools import (
 
 @dataclass(frozen=True)
 class Intent:
-    tool: str
-    """The tool whose work this is: ``GetCurrentTime`` or ``Calculator``."""
+    tool: str | None
+    """The tool whose work this is: ``GetCurrentTime`` or ``Calculator``; None: something the assistant
+    cannot do (``answer`` says so)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Arguments for that tool."""
     answer: str | None = None
@@ -227,9 +236,69 @@ def _conversion_intent(text: str) -> Intent | None:
     return None
 
 
-def match(transcript: str) -> Intent | None:
-    """The local intent ``transcript`` is, or None (then the agent answers)."""
+# --- what the assistant cannot do -------------------------------------------------------------------------
+
+_CANNOT: list[tuple[str | None, re.Pattern[str], str]] = [
+    (None, re.compile(r"^(?:(?:set|start|create|make|add|put on) .*\b(?:timer|alarm|reminder|countdown)s?\b"
+                      r"|remind me\b|wake me\b|(?:cancel|stop|snooze) (?:the |my |all )?(?:timer|alarm|reminder)s?\b)"),
+     "Sorry, I can't set timers, alarms or reminders."),
+    (None, re.compile(r"^(?:(?:turn|switch|shut|power) (?:on|off|up|down)\b|(?:turn|switch|shut|power) .+ (?:on|off)$"
+                      r"|(?:dim|brighten|lock|unlock) (?:the|my|all)\b|(?:set|change|raise|lower|adjust) the "
+                      r"(?:thermostat|heating|temperature|lights?|brightness|volume)\b)"),
+     "Sorry, I can't control lights, heating or other devices."),
+    (None, re.compile(r"^(?:play|shuffle|stream|put on) (?!a game\b|with\b)\S"),
+     "Sorry, I can't play music, podcasts or videos."),
+    (None, re.compile(r"^(?:call|phone|ring|dial|facetime|video call) (?!me\b)\S"), "Sorry, I can't make phone calls."),
+    ("SearchWeb", re.compile(r"^(?:search|google|look up|browse)\b|\b(?:online|on the internet|on the web)\b"
+                             r"|\b(?:weather|forecast|news|headlines|stock price|share price|stock market|exchange rate"
+                             r"|scores?|traffic)\b"),
+     "Sorry, I can't look things up online here, so I have no news, weather, prices or scores."),
+    ("SendDiscordMessage", re.compile(r"^(?:send|post|text|email|ping|notify|message) \S"
+                                      r"|^(?:tell|let) (?!me\b|us\b).+\b(?:that|saying|know)\b|\b(?:on|in|to) discord\b"),
+     "Sorry, I can't send messages from here."),
+]
+
+
+_ASK = re.compile(r"^(?:(?:can|could|would|will) you (?:please )?|(?:i want|i'd like|i need) you to |go ahead and |"
+                  r"please )+")
+
+
+def _cannot_intent(text: str, offered: frozenset[str]) -> Intent | None:
+    text = _ASK.sub("", text)
+    for needs, pattern, answer in _CANNOT:
+        if (needs is None or needs not in offered) and pattern.search(text):
+            return Intent(None, answer=answer)
+    return None
+
+
+# --- which tools a request may need -----------------------------------------------------------------------
+
+_NUMBER_WORDS = (r"two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\w+teen|twenty|thirty|forty|fifty|"
+                 r"sixty|seventy|eighty|ninety|hundred|thousand|million|billion")
+_NEEDS: dict[str, re.Pattern[str]] = {
+    "Calculator": re.compile(rf"\b\d|\b(?:{_NUMBER_WORDS}|plus|minus|times|multipl\w*|divid\w*|percent|per cent|"
+                             r"square|root|sum|total|average|double|triple|half|twice|add|subtract|calculat\w*)\b"),
+    "GetCurrentTime": re.compile(r"\b(?:time|clock|date|o'clock|weekday|what day|which day|day of the week|tomorrow|"
+                                 r"yesterday|(?:days?|weeks?|months?|years?|hours?|minutes?) (?:until|till|since|ago|"
+                                 r"from now|left)|this (?:week|month|year)|next (?:week|month|year)|last "
+                                 r"(?:week|month|year))\b"),
+    "SearchWeb": re.compile(r"\b(?:search|look up|look it up|google|online|internet|web|news|headlines|weather|"
+                            r"forecast|price|prices|stock|scores?|latest|recent|current|currently|today|traffic)\b"),
+    "SendDiscordMessage": re.compile(r"\b(?:send|post|message|tell|let .+ know|notify|discord|channel|ping)\b"),
+}
+
+
+def offered(transcript: str, tools: list[str]) -> list[str]:
+    """Those of ``tools`` the request may need (see the module docstring); a tool without a rule is kept."""
+    text = normalise(transcript)
+    return [name for name in tools if name not in _NEEDS or _NEEDS[name].search(text)]
+
+
+def match(transcript: str, tools: frozenset[str] | set[str] = frozenset()) -> Intent | None:
+    """The local intent ``transcript`` is, or None (then the agent answers). ``tools``: the tools the agent's
+    model is offered (a web look-up or a message is something the assistant cannot do without its tool)."""
     text = normalise(transcript)
     if not text or len(text) > 200:
         return None
-    return _time_intent(text) or _conversion_intent(text) or _arithmetic_intent(text)
+    return (_time_intent(text) or _conversion_intent(text) or _arithmetic_intent(text)
+            or _cannot_intent(text, frozenset(tools)))

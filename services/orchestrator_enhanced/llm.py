@@ -16,9 +16,9 @@ puts the fallback LLM behind the primary.
 - **Which model answered** is written into the answer's ``response_metadata["llm_engine"]`` (the model name of
   the server that served it) and fallbacks are counted in ``engine_fallbacks_total`` and
   ``orchestrator_fallbacks_total{stage="llm"}``.
-- **Step limit.** The last allowed model call of a turn (``AGENT_MAX_STEPS``) is made without tools, and so is
-  the call after the model repeated a tool call (same tool, same arguments) within the turn, so a model that
-  keeps calling tools still ends with an answer.
+- **Step limit.** The last allowed model call of a turn (``AGENT_MAX_STEPS``) may call no tool (``allowed_tools``
+  empty: the tools stay in the prompt), and so may the call after the model repeated a tool call (same tool,
+  same arguments) within the turn, so a model that keeps calling tools still ends with an answer.
 
 Streaming: when the agent is streamed, ``ChatOpenAI`` streams tokens; a primary that fails before its first
 token is replaced by the fallback without the caller noticing. (One that fails mid-answer is too, but the
@@ -77,6 +77,14 @@ def build_models(settings: Settings) -> tuple[BaseChatModel, BaseChatModel | Non
     if settings.llm_fallback_url:
         fallback = chat_model(settings.llm_fallback_url, settings.llm_fallback_model, settings)
     return primary, fallback
+
+
+def allowed_tools(names: list[str]) -> dict[str, Any]:
+    """OpenAI's ``allowed_tools`` tool choice: every bound tool stays in the prompt (the LLM server's prompt
+    cache keeps it: a prompt without them, or with others, is evaluated afresh, seconds on a CPU) but only
+    ``names`` may be called; none: the model can only answer."""
+    return {"type": "allowed_tools",
+            "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": n}} for n in names]}}
 
 
 def model_label(model: BaseChatModel) -> str:
@@ -194,7 +202,7 @@ class FailoverMiddleware(AgentMiddleware):
                     repeated = repeated or key in seen
                     seen.add(key)
         if (calls + 1 >= self.max_steps or repeated) and request.tools:
-            return request.override(tools=[], tool_choice=None)
+            return request.override(tool_choice=allowed_tools([]))
         return request
 
 

@@ -77,8 +77,14 @@ class Settings(BaseServiceSettings):
 
     local_intents: bool = True
     """Answer requests a rule answers exactly (the time, the date, arithmetic, unit conversions) with the
-    tool at once, without asking the LLM (``llm_engine`` is ``local-intent``). false: the LLM gets every
-    request."""
+    tool at once, and what the assistant cannot do (timers, devices, music, calls; web look-ups and messages
+    without their tools) with one sentence saying so, without asking the LLM (``llm_engine`` is
+    ``local-intent``). false: the LLM gets every request."""
+
+    tool_selection: Literal["relevant", "all"] = "relevant"
+    """Which tools the LLM is offered on a turn: ``relevant`` = only those the request may need (a number or
+    arithmetic word for Calculator, a time or date word for GetCurrentTime, ...; small models call any tool
+    they are shown), ``all`` = every tool on every turn."""
 
     agent_max_steps: int = Field(4, ge=1, le=20)
     """Most model calls of one agent turn (each tool round is one more); past it the turn answers with what

@@ -1,6 +1,7 @@
 """Speech around the agent: denoise (audio-preprocessor), transcribe (stt), speak (tts-bark, then tts).
 
-- `Speech.preprocess`: POST /denoise; when it fails the raw audio is used (``orchestrator_fallbacks_total
+- `Speech.preprocess`: POST /denoise (which returns clean recordings unchanged, ``X-Denoised: false``); when it
+  fails the raw audio is used (``orchestrator_fallbacks_total
   {stage="preprocess"}``) — a voice turn never fails because denoising did.
 - `Speech.transcribe`: POST stt /transcribe with ``preprocess=false`` (the orchestrator denoised already, or
   was told not to), within what is left of the turn. stt failing fails the turn with the upstream's error
@@ -62,7 +63,7 @@ class Speech:
             FALLBACKS.labels(service(), "audio-preprocessor", "raw-audio", reason).inc()
             log.warning("denoising failed (%s), transcribing the raw audio: %s", reason, exc.message)
             return audio, False
-        return r.content, True
+        return r.content, r.headers.get("X-Denoised", "true") != "false"
 
     async def transcribe(self, audio: bytes) -> Transcript:
         # no fallback for stt: it may use what is left of the turn (HTTP_TIMEOUT_S would cut it short when

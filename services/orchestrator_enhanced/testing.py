@@ -47,6 +47,8 @@ class ScriptedChatModel(BaseChatModel):
     delay_s: float = 0.0
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     bound_tools: list[list[str]] = Field(default_factory=list)
+    tool_choices: list[Any] = Field(default_factory=list)
+    """``tool_choice`` of each bind (an ``allowed_tools`` dict narrows what may be called)."""
     failures: int = 0
 
     @property
@@ -56,6 +58,7 @@ class ScriptedChatModel(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Any:
         names = [getattr(t, "name", None) or (t.get("name") if isinstance(t, dict) else str(t)) for t in tools]
         self.bound_tools.append(names)
+        self.tool_choices.append(tool_choice)
         return self.bind(**kwargs) if kwargs else self
 
     def _next(self, messages: list[BaseMessage]) -> AIMessage:

@@ -177,6 +177,35 @@ def test_auto_tool_choice_answers_with_text_or_a_valid_call(client):
         assert choice.message.content and not choice.message.content.startswith("message:")
 
 
+def allowed(*names: str, mode: str = "auto") -> dict:
+    return {"type": "allowed_tools",
+            "allowed_tools": {"mode": mode, "tools": [{"type": "function", "function": {"name": n}} for n in names]}}
+
+
+def test_allowed_tools_narrow_what_may_be_called_but_the_prompt_shows_every_tool(client):
+    """OpenAI's allowed_tools: the prompt (and so its KV cache) is the same whatever is allowed; only the
+    allowed tools can be called, and with none allowed the model answers."""
+    ask = [{"role": "user", "content": "Find pictures of cats."}]
+    only_weather = chat(client, messages=ask, tools=[WEATHER, SEARCH], tool_choice=allowed("get_weather", mode="required"),
+                        temperature=1.5, seed=3, max_tokens=64)
+    (call,) = only_weather.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and set(json.loads(call.function.arguments)) == {"city", "unit"}
+    nothing = chat(client, messages=ask, tools=[WEATHER, SEARCH], tool_choice=allowed(), temperature=1.5, seed=3,
+                   max_tokens=24)
+    assert not nothing.choices[0].message.tool_calls and nothing.choices[0].message.content
+    assert nothing.usage.prompt_tokens == only_weather.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("choice, says", [
+    (allowed("no_such_tool"), "not among the tools"),
+    (allowed(mode="required"), "needs at least one tool"),
+])
+def test_bad_allowed_tools_are_a_422(client, choice, says):
+    with pytest.raises(openai.UnprocessableEntityError) as exc:
+        chat(client, messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER], tool_choice=choice, max_tokens=4)
+    assert says in str(exc.value)
+
+
 def test_streamed_tool_call_comes_as_one_delta(client):
     chunks = list(chat(client, messages=[{"role": "user", "content": "Weather in Rome?"}], tools=[WEATHER],
                        tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=0,

@@ -317,6 +317,39 @@ def test_prompt_cache_keeps_the_kv_cache_between_requests_only_when_enabled(cach
     assert (resets == 0) is cache
 
 
+def test_a_prompt_continues_from_the_longest_prefix_any_recent_request_left():
+    """Two conversations taking turns: without saved states each request re-evaluates the other's whole
+    prompt; with them the third request restores the first one's state and answers exactly as it did."""
+    system = {"role": "system", "content": "You are terse. " * 30}
+    a = [system, {"role": "user", "content": "Name a colour."}]
+    b = [{"role": "system", "content": "You are verbose."}, {"role": "user", "content": "Name a fruit."}]
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=CAP,
+                                  llm_prompt_cache=True))
+    asyncio.run(eng.start())
+    try:
+        first = assemble(list(eng.events(request(a, max_tokens=6, temperature=0))))
+        assemble(list(eng.events(request(b, max_tokens=6, temperature=0))))
+        before = eng.call("stats")
+        again = assemble(list(eng.events(request(a, max_tokens=6, temperature=0))))
+        after = eng.call("stats")
+    finally:
+        asyncio.run(eng.aclose())
+    assert before["saved_states"] == 2 and after["restores"] == before["restores"] + 1
+    assert again.choices[0].text == first.choices[0].text
+
+
+def test_without_a_state_budget_nothing_is_saved():
+    eng = LlamaCppEngine(Settings(_env_file=None, llm_bundled_model=FAST, llm_n_ctx=N_CTX, llm_max_tokens=CAP,
+                                  llm_prompt_cache=True, llm_prompt_cache_mb=0))
+    asyncio.run(eng.start())
+    try:
+        assemble(list(eng.events(request([{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0))))
+        stats = eng.call("stats")
+    finally:
+        asyncio.run(eng.aclose())
+    assert stats["saved_states"] == 0 and stats["restores"] == 0
+
+
 # --- the llama.cpp process: backend, crashes ---------------------------------------------------------------
 
 

@@ -27,8 +27,13 @@ CTX = TurnContext("session-1", user_id="u1", channel_id="c1")
 NOON = datetime(2026, 11, 24, 12, 5, tzinfo=timezone.utc)
 
 
+NO_TOOL = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}
+"""The ``allowed_tools`` tool choice that lets the model call no tool."""
+
+
 def settings(**kw) -> Settings:
     kw.setdefault("local_intents", False)  # these tests drive the model loop; tests/.../test_intents.py the rules
+    kw.setdefault("tool_selection", "all")  # every tool bound (test_intents.py: which ones a request gets)
     return Settings(_env_file=None, **kw)
 
 
@@ -100,7 +105,8 @@ async def test_the_last_allowed_step_has_no_tools_so_a_looping_model_still_answe
     model = ScriptedChatModel(script=[loop, loop, say("done")])
     answer = await make_agent(model, agent_max_steps=3).run("loop", [], CTX)
     assert len(model.calls) == 3
-    assert len(model.bound_tools) == 2  # tools were bound for the first two calls only
+    # the third call may call no tool (the tools stay in the prompt, for the LLM server's prompt cache)
+    assert model.tool_choices == [None, None, NO_TOOL]
     assert answer.text.startswith("done") and len(answer.tool_calls) == 2
 
 
@@ -108,7 +114,7 @@ async def test_a_repeated_tool_call_ends_the_tool_rounds():
     same = call_tool("Calculator", expression="1 + 1")
     model = ScriptedChatModel(script=[same, same, say("two"), say("never reached")])
     answer = await make_agent(model, agent_max_steps=6).run("loop", [], CTX)
-    assert len(model.calls) == 3 and len(model.bound_tools) == 2  # the third call had no tools
+    assert len(model.calls) == 3 and model.tool_choices == [None, None, NO_TOOL]  # the third may call none
     assert answer.text.startswith("two")
 
 

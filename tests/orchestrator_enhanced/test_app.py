@@ -48,6 +48,7 @@ def orchestrator(tmp_path: Path, primary: ScriptedChatModel, fallback: ScriptedC
     kw.setdefault("memory_db_path", tmp_path / "memory.sqlite3")
     kw.setdefault("guardrails_url", DEAD)
     kw.setdefault("local_intents", False)  # the scripted model answers every turn (test_intents.py: the rules)
+    kw.setdefault("tool_selection", "all")
     settings = Settings(_env_file=None, tts_primary_url=DEAD, tts_fallback_url=None, stt_url=DEAD,
                         llm_fallback_url=DEAD if fallback else None, **kw)
     agent = Agent(settings, primary=primary, fallback=fallback, tools=build_tools(settings),

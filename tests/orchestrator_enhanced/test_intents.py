@@ -1,5 +1,6 @@
-"""Local intents (time, date, arithmetic, unit conversions): recognised only when the whole request is one, and
-answered by the tool without asking the LLM; everything else reaches the model unchanged."""
+"""Local intents (time, date, arithmetic, unit conversions, what the assistant cannot do): recognised only when the
+whole request is one, and answered by the tool (or one honest sentence) without asking the LLM; everything else
+reaches the model unchanged, offered only the tools it may need."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from services.orchestrator_enhanced.agent import LOCAL_ENGINE, Agent, TextDelta, ToolCalled, load_system_prompt
-from services.orchestrator_enhanced.intents import Intent, match
+from services.orchestrator_enhanced.intents import Intent, match, offered
 from services.orchestrator_enhanced.settings import Settings
 from services.orchestrator_enhanced.testing import ScriptedChatModel, say
 from services.orchestrator_enhanced.tools import build_tools
@@ -61,7 +62,10 @@ def test_unit_conversions_are_answered_exactly(text, answer):
     "How many legs does a spider have?",
     "What time is it in Narnia?",  # no such zone: the model may still know what is meant
     "Now add 8 to that.",  # needs the previous turn: the model's job
-    "Set a timer for ten minutes.",
+    "Tell me a joke.",
+    "Call me Alex from now on.",
+    "What is a stock?",
+    "Who played Hamlet in the first production?",
     "Convert 5 kilograms to metres.",  # not the same kind of unit
     "What is one third of 90?",
     "",
@@ -107,3 +111,82 @@ async def test_local_intents_also_answer_in_direct_mode():
     agent = make_agent(model, enable_langchain=False)
     assert agent.tools == [] and agent.mode == "direct"
     assert (await agent.run("What is 6 times 7?", [], CTX)).text == "6 times 7 is 42." and model.calls == []
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("Set a timer for ten minutes.", "timers"),
+    ("Could you please set an alarm for 7 am?", "alarms"),
+    ("Remind me to buy milk tomorrow.", "reminders"),
+    ("Wake me up at seven tomorrow.", "alarms"),
+    ("Turn off the lights in the kitchen.", "lights"),
+    ("Switch the heating on.", "heating"),
+    ("Set the thermostat to 21 degrees.", "devices"),
+    ("Play some jazz music.", "music"),
+    ("Play my favourite podcast.", "podcasts"),
+    ("Call my mom.", "phone calls"),
+    ("Search the web for today's news about the Mars rover.", "online"),
+    ("What's the weather forecast for Berlin tomorrow?", "weather"),
+    ("What's the Apple stock price right now?", "prices"),
+    ("Send a message to the team saying the build is green.", "send messages"),
+    ("Post 'lunch is ready' on Discord.", "send messages"),
+    ("Tell the team on Discord that I'm running late.", "send messages"),
+])
+def test_what_the_assistant_cannot_do_is_said_plainly(text, says):
+    intent = match(text)
+    assert intent is not None and intent.tool is None and says in (intent.answer or "")
+    assert intent.answer.startswith("Sorry, I can't")
+
+
+@pytest.mark.parametrize(("text", "tool"), [
+    ("Search the web for today's news about the Mars rover.", "SearchWeb"),
+    ("What's the weather forecast for Berlin tomorrow?", "SearchWeb"),
+    ("Send a message to the team saying the build is green.", "SendDiscordMessage"),
+])
+def test_web_and_messages_go_to_the_model_when_their_tool_is_offered(text, tool):
+    assert match(text, {tool}) is None
+    assert match(text, {"Calculator"}) is not None
+
+
+async def test_a_cannot_request_is_answered_without_the_llm_or_a_tool():
+    model = ScriptedChatModel(script=[say("Timer set for ten minutes!")])  # what a small model would say
+    answer = await make_agent(model).run("Set a timer for ten minutes.", [], CTX)
+    assert answer.text == "Sorry, I can't set timers, alarms or reminders."
+    assert model.calls == [] and answer.tool_calls == [] and answer.llm_engine == LOCAL_ENGINE
+
+
+@pytest.mark.parametrize(("text", "tools"), [
+    ("What is the capital of France?", []),
+    ("Hello there!", []),
+    ("What is H2O more commonly called?", []),
+    ("Good morning!", []),
+    ("How are you doing today?", []),
+    ("What colour is the sky on a clear day?", []),
+    ("What is my dog's name?", []),
+    ("Now add 8 to that.", ["Calculator"]),
+    ("Double that.", ["Calculator"]),
+    ("What day is it tomorrow?", ["GetCurrentTime"]),
+    ("How many hours until the year 2030?", ["GetCurrentTime", "Calculator"]),
+])
+def test_the_model_is_offered_only_the_tools_a_request_may_need(text, tools):
+    assert offered(text, ["GetCurrentTime", "Calculator"]) == sorted(tools, key=["GetCurrentTime", "Calculator"].index)
+
+
+def allowed(choice) -> list[str] | None:
+    """Names an ``allowed_tools`` tool choice lets the model call; None: no such narrowing."""
+    if not isinstance(choice, dict):
+        return None
+    return [t["function"]["name"] for t in choice["allowed_tools"]["tools"]]
+
+
+async def test_the_agent_lets_the_model_call_only_the_relevant_tools_and_keeps_all_in_the_prompt():
+    model = ScriptedChatModel(script=[say("Paris."), say("Fifty.")])
+    agent = make_agent(model, local_intents=False)
+    assert (await agent.run("What is the capital of France?", [], CTX)).text == "Paris."
+    assert model.bound_tools[-1] == ["GetCurrentTime", "Calculator"]  # the prompt (and its cache) unchanged
+    assert allowed(model.tool_choices[-1]) == []  # no tool to call for a fact
+    assert (await agent.run("Double that.", [], CTX)).text == "Fifty."
+    assert allowed(model.tool_choices[-1]) == ["Calculator"]
+    everything = ScriptedChatModel(script=[say("Paris.")])
+    await make_agent(everything, local_intents=False, tool_selection="all").run("What is the capital of France?",
+                                                                                [], CTX)
+    assert everything.bound_tools == [["GetCurrentTime", "Calculator"]] and allowed(everything.tool_choices[0]) is None
