@@ -8,6 +8,7 @@
     python scripts/eval_denoise.py --metricgan-model ~/models/metricgan-plus-voicebank   # also MetricGAN+
     python scripts/eval_denoise.py --dfn-atten-lim 6 12 24   # DeepFilterNet3 attenuation limits to compare
     python scripts/eval_denoise.py --dfn-atten-lim   # only the configured DeepFilterNet3 (no variant)
+    DENOISE_SKIP_ABOVE_SNR_DB=200 python scripts/eval_denoise.py   # no skip row (the policy off)
     STT_BEAM_SIZE=1 DEEPFILTERNET_POST_FILTER_BETA=0.02 python scripts/eval_denoise.py   # any service setting
 
 Two sets, from ../shared/eval (see A/SOURCES.md and B/SOURCES.md):
@@ -36,6 +37,11 @@ comparison: ``--dfn-atten-lim``), ``MetricGanEngine`` with ``METRICGAN_*`` (eval
 are on disk, never downloaded and never a randomly initialised model), and stt's ``WhisperEngine`` with
 ``STT_*``. The denoised audio is rounded to 16-bit PCM as ``POST /denoise`` returns it. The HTTP path
 (stt -> audio-preprocessor -> stt, with ``ENABLE_PREPROCESSING=true``) is covered by the tests, not here.
+
+The service's default pipeline is a row of its own: the configured engine, except for recordings whose
+estimated SNR (services/audio_preprocessor/snr.py) is at least ``DENOISE_SKIP_ABOVE_SNR_DB``, which stay raw
+(as ``POST /denoise`` returns them); its hypotheses are the engine's or the raw ones per file, so it costs no
+extra transcription.
 
 The verdict section prints its rule with the figures. On 150-200 words per condition a WER difference of a
 few words is within what another ``--seed`` (other noise offsets) changes, so each ΔWER comes with a
@@ -381,6 +387,13 @@ def main() -> int:
             ceiling[clip.clean_file] = transcribe(read_audio(clip.clean_file))
         return ceiling[clip.clean_file]
 
+    from services.audio_preprocessor.settings import Settings as PreSettings
+    from services.audio_preprocessor.snr import estimate_snr_db
+
+    pre_settings = PreSettings()
+    policy_label = (f"{engines[0][0]} + skip above {pre_settings.denoise_skip_above_snr_db:g} dB est. SNR (default)"
+                    if engines and pre_settings.denoise_skip_above_snr_db < 200 else "")
+    policy_skips: dict[str, tuple[int, int]] = {}
     results: dict[str, dict[str, Result]] = {}
     for cond in conditions:
         rows: dict[str, Result] = {}
@@ -410,6 +423,19 @@ def main() -> int:
                 res.add_metrics(m)
                 res.hyps.append(transcribe(out))
             rows[label] = res
+        if policy_label and engines:  # the service's default: the configured engine, except above the SNR limit
+            engine_rows = rows[engines[0][0]]
+            policy, skipped = Result(), 0
+            for i, clip in enumerate(cond.clips):
+                est = estimate_snr_db(clip.audio.samples, clip.audio.sample_rate)
+                use_raw = est is not None and est >= pre_settings.denoise_skip_above_snr_db
+                skipped += use_raw
+                source = raw if use_raw and cond.noisy else engine_rows
+                policy.hyps.append(raw.hyps[i] if use_raw else engine_rows.hyps[i])
+                policy.add_metrics({k: getattr(source, k)[i] if cond.noisy or not use_raw else math.nan
+                                    for k in ("snr", "sisdr", "pesq", "stoi")})
+            rows[policy_label] = policy
+            policy_skips[cond.key] = (skipped, len(cond.clips))
         results[cond.key] = rows
         print(f"  done: {cond.key} ({len(cond.clips)} files, {time.perf_counter() - t_start:.0f} s)",
               file=sys.stderr, flush=True)
@@ -419,7 +445,7 @@ def main() -> int:
     asyncio.run(stt.aclose())
 
     # --- report
-    engine_labels = [label for label, _ in engines]
+    engine_labels = [label for label, _ in engines] + ([policy_label] if policy_label else [])
     stt_desc = f"{stt_settings.stt_model} beam={stt_settings.stt_beam_size} vad={stt_settings.stt_vad_filter}"
     print(f"\n# Denoising vs transcription ({args.eval_dir})\n")
     print(f"stt: {stt_desc} ({stt.device}/{stt.compute_type}); engines: "
@@ -473,6 +499,9 @@ def main() -> int:
             print(f"| {label} | {fmt(mean(res.snr))} | {fmt(snr_gain, signed=True)} | {fmt(mean(res.sisdr))} | "
                   f"{fmt(sdr_gain, signed=True)} | {fmt(mean(res.pesq))} | {fmt(mean(res.stoi), '.3f')} | "
                   f"{100 * w:.1f}% | {fmt(delta, '.1f', signed=True)} |")
+        if cond.key in policy_skips:
+            n_skip, n_all = policy_skips[cond.key]
+            print(f"\n{policy_label}: {n_skip} of {n_all} recordings estimated clean enough to skip (raw audio).")
         if not cond.noisy:
             print("\nSNR / SI-SDR / PESQ / STOI of an engine row here: its output against the clean input "
                   "(how much it alters clean speech).")
@@ -591,7 +620,7 @@ def main() -> int:
     total = time.perf_counter() - t_start
     parts = [f"model loading {t_loaded - t_start:.1f} s"]
     parts += [f"{k} {timings[k]:.1f} s for {audio_s[k]:.0f} s of audio (RTF {timings[k] / max(audio_s[k], 1e-9):.3f})"
-              for k in ["stt", *engine_labels]]
+              for k in ["stt", *(label for label, _ in engines)]]
     parts.append(f"metrics {timings['metrics']:.1f} s")
     print(f"\nruntime {total:.0f} s: " + "; ".join(parts))
     return 0

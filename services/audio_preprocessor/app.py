@@ -33,9 +33,9 @@ from services.audio_preprocessor.settings import Settings
 from services.audio_preprocessor.snr import estimate_snr_db
 from services.audio_preprocessor.streaming import FORMATS, StreamClosed, decode_frame, encode_frame
 from services.common import metrics
+from services.common.app import create_service_app
 from services.common.audio import decode_audio, encode_wav
 from services.common.errors import BusyError, EngineNotReadyError, InvalidRequestError, PayloadTooLargeError
-from services.common.app import create_service_app
 from services.common.inference import InferenceRunner
 
 log = logging.getLogger(__name__)

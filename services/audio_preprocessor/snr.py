@@ -29,7 +29,7 @@ def estimate_snr_db(samples: np.ndarray, sample_rate: int) -> float | None:
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
-    frame = max(1, int(round(FRAME_S * sample_rate)))
+    frame = max(1, round(FRAME_S * sample_rate))
     n = len(x) // frame
     if n * frame < MIN_DURATION_S * sample_rate:
         return None

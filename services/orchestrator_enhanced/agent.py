@@ -306,6 +306,62 @@ class Agent:
                           messages=[AIMessage(spoken.text)])
 
 
+class PromptWarmer:
+    """A component that, at start, has each LLM server evaluate the agent's system prompt and tools once
+    (a one-token answer to "Hello"), so the first user's turn does not pay for it: ~500 prompt tokens are
+    40-60 s on a 2-core CPU, past a turn's deadline. The server keeps that prefix (llm's prompt cache and
+    saved states) for every later turn. Only real OpenAI-compatible servers are warmed (not scripted models);
+    a server that is down or still loading is retried for ``WARM_UP_FOR_S``. Never gates readiness."""
+
+    name = "llm-prompt-warm-up"
+    RETRY_S = 5.0
+    WARM_UP_FOR_S = 900.0
+
+    def __init__(self, agent: Agent) -> None:
+        from langchain_openai import ChatOpenAI
+
+        self.agent = agent
+        models = [agent.failover.fallback, agent.failover.primary]
+        self.models = [m for m in models if isinstance(m, ChatOpenAI)]
+        self.warmed: list[str] = []
+
+    async def start(self) -> None:
+        import asyncio
+
+        from langchain_core.messages import SystemMessage
+
+        from services.orchestrator_enhanced.llm import model_label
+
+        async def warm(model: BaseChatModel) -> None:
+            bound: Any = model.bind_tools(self.agent.tools, tool_choice=allowed_tools([])) if self.agent.tools else model
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + self.WARM_UP_FOR_S
+            while True:
+                try:
+                    await bound.ainvoke([SystemMessage(self.agent.system_prompt), HumanMessage("Hello")],
+                                        max_completion_tokens=1)
+                except Exception as exc:  # noqa: BLE001 - a server not there yet: try again
+                    if loop.time() > give_up:
+                        log.info("no prompt warm-up for %s: %s", model_label(model), exc)
+                        return
+                    await asyncio.sleep(self.RETRY_S)
+                    continue
+                self.warmed.append(model_label(model))
+                log.info("prompt warmed up on %s", model_label(model))
+                return
+
+        await asyncio.gather(*(warm(m) for m in self.models))
+
+    def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"warmed": list(self.warmed)}
+
+
 def _no_llm(exc: Exception) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc

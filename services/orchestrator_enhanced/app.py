@@ -33,7 +33,7 @@ from services.common.errors import (
 )
 from services.common.ratelimit import SESSION_STATE, build_limiter, install_rate_limit
 from services.common.settings import redact_url
-from services.orchestrator_enhanced.agent import Agent, describe_tools, load_system_prompt
+from services.orchestrator_enhanced.agent import Agent, PromptWarmer, describe_tools, load_system_prompt
 from services.orchestrator_enhanced.guard import Guardrails
 from services.orchestrator_enhanced.llm import build_models
 from services.orchestrator_enhanced.memory import ConversationMemory, build_memory
@@ -271,7 +271,8 @@ def create_app(settings: Settings, *, orchestrator: Orchestrator | None = None,
         deps.append(Dependency("tts-fallback", settings.tts_fallback_url, required=False))
     if settings.enable_preprocessing:
         deps.append(Dependency("audio-preprocessor", settings.preprocessor_url, required=False))
-    app = create_service_app(settings, components=[orch.memory], dependencies=deps, routers=[router],
+    app = create_service_app(settings, components=[orch.memory, PromptWarmer(orch.agent)], dependencies=deps,
+                             routers=[router],
                              title="orchestrator-enhanced" if settings.enable_langchain else "orchestrator")
     install_rate_limit(app, limiter)
     app.state.orchestrator = orch

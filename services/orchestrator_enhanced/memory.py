@@ -41,7 +41,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
 import redis
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, message_to_dict, trim_messages
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, message_to_dict, trim_messages
 from langchain_core.messages.utils import count_tokens_approximately
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -402,14 +402,30 @@ def build_memory(settings: Settings) -> ConversationMemory:
     return SqliteMemory(settings.memory_path())
 
 
+TRIM_BLOCK = 8
+"""Messages dropped at a time once a history outgrows its budget (see `trim_to_budget`)."""
+
+
 def trim_to_budget(messages: Sequence[BaseMessage], max_tokens: int) -> list[BaseMessage]:
-    """The newest messages of ``messages`` whose approximate token count fits in ``max_tokens``, dropped from the
-    oldest end, starting on a user message (so a tool result never loses the AI message that called it); empty
-    when not even the last turn's tail fits on a user message."""
+    """The newest messages of ``messages`` (a session's whole stored history) whose approximate token count fits
+    in ``max_tokens``, dropped from the oldest end, starting on a user message (so a tool result never loses the
+    AI message that called it); empty when not even the last turn's tail fits on a user message.
+
+    Old messages go in blocks of `TRIM_BLOCK` (the first kept message is at a multiple of it in the stored
+    history, or the next user message after that), not one turn at a time: a history that starts at the same
+    message turn after turn keeps the LLM server's cached prompt valid, where dropping the oldest turn every
+    turn would make it evaluate the whole conversation again each time (tens of seconds on a CPU)."""
     if max_tokens <= 0 or not messages:
         return []
-    kept = trim_messages(list(messages), max_tokens=max_tokens, token_counter=count_tokens_approximately,
+    messages = list(messages)
+    kept = trim_messages(messages, max_tokens=max_tokens, token_counter=count_tokens_approximately,
                          strategy="last", start_on="human", allow_partial=False, include_system=False)
+    start = len(messages) - len(kept)
+    if kept and start > 0:
+        aligned = -(-start // TRIM_BLOCK) * TRIM_BLOCK
+        human = next((i for i in range(aligned, len(messages)) if isinstance(messages[i], HumanMessage)), None)
+        if human is not None:
+            kept = messages[human:]
     return _without_orphan_tool_results(kept)
 
 

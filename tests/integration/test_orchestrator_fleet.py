@@ -78,7 +78,20 @@ def test_full_pipeline_whats_the_weather(fleet):
     body = r.json()
     assert "response" in body and body["response"].strip()
     assert body["blocked"] is False and body["prompt_version"] == "v2.0"
-    assert body["llm_engine"] == "llm"  # llm-flan has no weights offline: the fallback answered
+    # offline there is no web search: said plainly at once, no model asked and no tool pretended
+    assert body["llm_engine"] == "local-intent" and "can't look things up" in body["response"]
+    # the orchestrator has llm evaluate its system prompt and tools at start (~1 min on 2 cores), once
+    url = fleet["orchestrator-enhanced"].url
+    for _ in range(300):
+        ready = httpx.get(f"{url}/health/ready", timeout=10).json()
+        if "llm" in ready["components"]["llm-prompt-warm-up"]["warmed"]:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the prompt was never warmed up on llm: {ready}")
+    fact = post_turn(fleet, "orchestrator-enhanced", "What is the capital of France?").json()
+    assert fact["llm_engine"] == "llm"  # llm-flan has no weights offline: the fallback answered
+    assert "paris" in fact["response"].lower() and fact["tool_calls"] == []
     plain = post_turn(fleet, "orchestrator", "What's the weather?")
     assert plain.status_code == 200 and plain.json()["mode"] == "direct" and plain.json()["response"].strip()
 

@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from services.common.testing import serve_in_thread, wait_ready
 from services.llm.app import create_app as create_llm_app
 from services.llm.settings import Settings as LlmSettings
-from services.orchestrator_enhanced.agent import Agent, AgentAnswer, TextDelta, load_system_prompt
+from services.orchestrator_enhanced.agent import Agent, AgentAnswer, PromptWarmer, TextDelta, load_system_prompt
 from services.orchestrator_enhanced.llm import build_models
 from services.orchestrator_enhanced.settings import Settings
 from services.orchestrator_enhanced.spoken import split_sentences
@@ -24,15 +24,21 @@ from services.orchestrator_enhanced.turn import TurnContext
 
 
 @pytest.fixture(scope="module")
-def agent():
+def llm_url():
     llm = LlmSettings(_env_file=None, llm_bundled_model="qwen2.5-coder-0.5b", llm_n_ctx=2048, llm_max_tokens=96,
                       llm_prompt_cache=True)
     with serve_in_thread(create_llm_app(llm)) as url:
         wait_ready(url, timeout_s=600)
-        s = Settings(_env_file=None, llm_primary_url=url, llm_fallback_url=None, llm_primary_model="llm",
-                     llm_max_tokens=96, llm_temperature=0.0)
-        primary, _ = build_models(s)
-        yield Agent(s, primary=primary, fallback=None, tools=build_tools(s), system_prompt=load_system_prompt(s))
+        yield url
+
+
+@pytest.fixture
+def agent(llm_url):
+    """The agent as the service builds it; one per test (its HTTP client belongs to the test's event loop)."""
+    s = Settings(_env_file=None, llm_primary_url=llm_url, llm_fallback_url=None, llm_primary_model="llm",
+                 llm_max_tokens=96, llm_temperature=0.0)
+    primary, _ = build_models(s)
+    return Agent(s, primary=primary, fallback=None, tools=build_tools(s), system_prompt=load_system_prompt(s))
 
 
 async def ask(agent: Agent, text: str, history=()) -> tuple[list[str], AgentAnswer]:
@@ -48,7 +54,14 @@ async def ask(agent: Agent, text: str, history=()) -> tuple[list[str], AgentAnsw
 
 
 def sentences(text: str) -> list[str]:
-    return [re.sub(r"\W+", " ", s).strip().lower() for s in split_sentences(text) if s.strip()]
+    return [re.sub(r"\W+", " ", s).strip().lower() for s in split_sentences(text, final=True)[0] if s.strip()]
+
+
+async def test_the_prompt_is_warmed_up_on_the_real_server(agent):
+    warmer = PromptWarmer(agent)
+    assert len(warmer.models) == 1  # the primary; no fallback configured here
+    await warmer.start()
+    assert warmer.warmed == ["llm"] and warmer.ready()
 
 
 async def test_a_fact_is_answered_from_the_models_knowledge_without_a_tool(agent):

@@ -29,6 +29,7 @@ from langchain_core.messages.utils import count_tokens_approximately
 from services.common.errors import InvalidRequestError, UpstreamUnavailableError
 from services.common.testing import free_port, start_redis, stop_redis
 from services.orchestrator_enhanced.memory import (
+    TRIM_BLOCK,
     ConversationMemory,
     RedisMemory,
     SqliteMemory,
@@ -456,7 +457,7 @@ def history(turns: int) -> list[BaseMessage]:
     return out
 
 
-def test_trim_keeps_the_newest_suffix_that_fits_starting_on_a_user_message():
+def test_trim_keeps_a_newest_suffix_that_fits_starting_on_a_user_message_at_a_block_boundary():
     messages = history(12)
     total = count_tokens_approximately(messages)
     humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
@@ -464,14 +465,29 @@ def test_trim_keeps_the_newest_suffix_that_fits_starting_on_a_user_message():
         kept = trim_to_budget(messages, budget)
         assert count_tokens_approximately(kept) <= budget
         assert kept == messages[len(messages) - len(kept):]  # newest kept, dropped from the oldest end only
-        if kept:
-            assert isinstance(kept[0], HumanMessage)
-        # the longest such suffix: starting one user message earlier would not fit
-        start = len(messages) - len(kept) if kept else len(messages)
-        earlier = [i for i in humans if i < start]
-        if earlier:
-            assert count_tokens_approximately(messages[earlier[-1]:]) > budget
+        if not kept:
+            continue
+        assert isinstance(kept[0], HumanMessage)
+        start = len(messages) - len(kept)
+        longest = min(i for i in humans if count_tokens_approximately(messages[i:]) <= budget)
+        if start:  # dropped in blocks: from the first user message at or after a multiple of TRIM_BLOCK
+            block = -(-longest // TRIM_BLOCK) * TRIM_BLOCK
+            assert start == min((i for i in humans if i >= block), default=longest)
+            assert start - longest <= TRIM_BLOCK + 1
     assert trim_to_budget(messages, total) == messages
+
+
+def test_a_growing_conversation_keeps_its_first_message_for_several_turns():
+    """So the LLM server's cached prompt stays valid: the history sent changes at its start only now and then."""
+    messages: list[BaseMessage] = []
+    starts = []
+    for turn in range(60):
+        messages += [HumanMessage(f"question {turn} " + "word " * 12), AIMessage(f"answer {turn} " + "text " * 12)]
+        kept = trim_to_budget(messages, 400)
+        assert kept[-2:] == messages[-2:] and count_tokens_approximately(kept) <= 400
+        starts.append(len(messages) - len(kept))
+    changes = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert starts[-1] > 0 and changes <= len(starts) * 2 / TRIM_BLOCK + 1, starts
 
 
 def test_trim_never_separates_a_tool_result_from_its_call():
