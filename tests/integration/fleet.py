@@ -138,6 +138,20 @@ class Fleet:
 
 
 @contextmanager
+def wait_prompt_warmed(url: str, model: str = "llm", timeout_s: float = 300) -> dict:
+    """Wait until orchestrator-enhanced at ``url`` reports its system prompt and tools evaluated on ``model``
+    (readiness component ``llm-prompt-warm-up``; ~1 min on 2 cores after llm loads). Until then a turn that
+    needs the model waits behind the warm-up, past a turn's deadline on a slow machine."""
+    ready: dict = {}
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        ready = httpx.get(f"{url}/health/ready", timeout=10).json()
+        if model in ready["components"]["llm-prompt-warm-up"]["warmed"]:
+            return ready
+        time.sleep(1)
+    raise AssertionError(f"the prompt was never warmed up on {model} in {timeout_s} s: {ready}")
+
+
 def orchestrator_url(url: str | None, prefix: str) -> Iterator[str]:
     """orchestrator-enhanced for an evaluation or benchmark script: ``url`` when given (a running fleet), else
     `make run`'s fleet with offline defaults started on free ports (llm-flan may stay not ready), stopped on

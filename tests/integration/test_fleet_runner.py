@@ -22,7 +22,7 @@ import pytest
 
 from services.tts_bark.testing import build_random_bark
 from services.common.testing import free_port
-from tests.integration.fleet import Fleet
+from tests.integration.fleet import Fleet, wait_prompt_warmed
 from tests.llm_flan.tiny_t5 import build_tiny_t5
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +121,7 @@ def test_runner_starts_the_fleet_prints_urls_and_ctrl_c_leaves_nothing(tmp_path)
                 assert bark.status_code == 200 and bark.json()["engine"] in ("bark", "piper")
 
             if "orchestrator-enhanced" in ports:  # the centre of the fleet answers through its peers
+                wait_prompt_warmed(f"http://127.0.0.1:{ports['orchestrator-enhanced']}")
                 r = httpx.post(f"http://127.0.0.1:{ports['orchestrator-enhanced']}/mcp/transcript",
                                json={"transcript": "Hello there."}, timeout=120)
                 assert r.status_code == 200 and r.json()["response"].strip(), r.text

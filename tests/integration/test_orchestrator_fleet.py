@@ -26,7 +26,7 @@ import soundfile as sf
 
 from services.common.testing import audio_file
 from services.tts_bark.testing import build_random_bark
-from tests.integration.fleet import Fleet
+from tests.integration.fleet import Fleet, wait_prompt_warmed
 from tests.llm_flan.tiny_t5 import build_tiny_t5
 
 pytestmark = pytest.mark.integration
@@ -81,14 +81,7 @@ def test_full_pipeline_whats_the_weather(fleet):
     # offline there is no web search: said plainly at once, no model asked and no tool pretended
     assert body["llm_engine"] == "local-intent" and "can't look things up" in body["response"]
     # the orchestrator has llm evaluate its system prompt and tools at start (~1 min on 2 cores), once
-    url = fleet["orchestrator-enhanced"].url
-    for _ in range(300):
-        ready = httpx.get(f"{url}/health/ready", timeout=10).json()
-        if "llm" in ready["components"]["llm-prompt-warm-up"]["warmed"]:
-            break
-        time.sleep(1)
-    else:
-        raise AssertionError(f"the prompt was never warmed up on llm: {ready}")
+    wait_prompt_warmed(fleet["orchestrator-enhanced"].url)
     fact = post_turn(fleet, "orchestrator-enhanced", "What is the capital of France?").json()
     assert fact["llm_engine"] == "llm"  # llm-flan has no weights offline: the fallback answered
     assert "paris" in fact["response"].lower() and fact["tool_calls"] == []
