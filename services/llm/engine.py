@@ -570,12 +570,16 @@ class LlamaCore:
         used, tokens, name = 0, prompt.tokens, mode
         if mode in ("auto", "required"):
             head_gbnf, headers = header_gbnf(req.callable_tools(), mode)
-            head = _drain(self._sample(llm, tokens, sampling, max_tokens=max_tokens, grammar=self._grammar(head_gbnf),
-                                       until=headers))
+            if len(headers) == 1:  # nothing to choose (e.g. no tool allowed): written, not sampled token by token
+                head = _Run(tokens=llm.tokenize(headers[0].encode("utf-8"), add_bos=False, special=False),
+                            text=headers[0])
+            else:
+                head = _drain(self._sample(llm, tokens, sampling, max_tokens=max_tokens,
+                                           grammar=self._grammar(head_gbnf), until=headers))
             used, tokens = len(head.tokens), tokens + head.tokens
-            if head.text not in headers:  # max_tokens ran out inside the header
+            if head.text not in headers or used > max_tokens:  # max_tokens ran out inside the header
                 yield ChatDelta(index=index, text="", finish_reason="length")
-                return used
+                return min(used, max_tokens)
             if head.text == MESSAGE_HEADER:  # a text answer; the model often repeats the newline
                 run = yield from _deltas(index, self._sample(llm, tokens, sampling, max_tokens=max_tokens - used,
                                                              stops=req.stop), lstrip=True)

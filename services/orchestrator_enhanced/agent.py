@@ -308,12 +308,13 @@ class Agent:
 
 class PromptWarmer:
     """A component that, at start, has each LLM server evaluate the agent's system prompt and tools once
-    (a one-token answer to "Hello"), so the first user's turn does not pay for it: ~500 prompt tokens are
+    (a few tokens of answer to "Hello"), so the first user's turn does not pay for it: ~500 prompt tokens are
     40-60 s on a 2-core CPU, past a turn's deadline. The server keeps that prefix (llm's prompt cache and
     saved states) for every later turn. Only real OpenAI-compatible servers are warmed (not scripted models);
     a server that is down or still loading is retried for ``WARM_UP_FOR_S``. Never gates readiness."""
 
     name = "llm-prompt-warm-up"
+    WARM_UP_TOKENS = 8  # llm writes the "message:" header of an answer without evaluating; a few tokens of answer do
     RETRY_S = 5.0
     WARM_UP_FOR_S = 900.0
 
@@ -339,7 +340,7 @@ class PromptWarmer:
             while True:
                 try:
                     await bound.ainvoke([SystemMessage(self.agent.system_prompt), HumanMessage("Hello")],
-                                        max_completion_tokens=1)
+                                        max_completion_tokens=self.WARM_UP_TOKENS)
                 except Exception as exc:  # noqa: BLE001 - a server not there yet: try again
                     if loop.time() > give_up:
                         log.info("no prompt warm-up for %s: %s", model_label(model), exc)

@@ -54,6 +54,38 @@ log = logging.getLogger(__name__)
 MODEL_SAMPLE_RATE = 16_000
 """Whisper's input rate; the engine converts any `AudioSegment` to 16 kHz mono itself."""
 
+FRAMES_PER_S = 100
+"""Mel frames per second of audio (hop of 160 samples at 16 kHz)."""
+
+FULL_WINDOW_FRAMES = 3000
+"""Whisper's encoder window: 30 s."""
+
+
+def encoder_window(features: np.ndarray, min_frames: int) -> int:
+    """Frames to encode of a 30 s feature window faster-whisper padded with zero columns (``pad_or_trim``):
+    the content plus 1 s, rounded up to whole seconds, at least ``min_frames``, at most the full window.
+    Real log-mel columns are never all zero (silence is about -1.5 after Whisper's normalisation)."""
+    total = features.shape[-1]
+    nonzero = np.flatnonzero(np.any(features.reshape(-1, total) != 0, axis=0))
+    content = int(nonzero[-1]) + 1 if nonzero.size else 0
+    window = -(-(content + FRAMES_PER_S) // FRAMES_PER_S) * FRAMES_PER_S
+    return min(total, max(min_frames, window))
+
+
+def short_window_model(base: type[WhisperModel], min_frames: int) -> type[WhisperModel]:
+    """``base`` (faster-whisper's ``WhisperModel``) whose encoder sees only `encoder_window` frames of each
+    30 s window: the decoder attends to the speech and 1 s or more of silence after it, not 30 s of padding
+    (whisper.cpp's ``audio_ctx``). ``min_frames >= 3000`` keeps faster-whisper's own encoding."""
+
+    class ShortWindowWhisperModel(base):  # type: ignore[misc,valid-type]
+        def encode(self, features: np.ndarray) -> Any:
+            if min_frames < FULL_WINDOW_FRAMES and features.shape[-1] == FULL_WINDOW_FRAMES:
+                features = np.ascontiguousarray(features[..., : encoder_window(features, min_frames)])
+            return super().encode(features)
+
+    return ShortWindowWhisperModel
+
+
 # --- request ---------------------------------------------------------------------------------------
 
 TEMPERATURE_RANGE = (0.0, 1.0)
@@ -401,6 +433,7 @@ class WhisperEngine:
         self.max_audio_s = settings.stt_max_audio_s
         self.beam_size = settings.stt_beam_size
         self.vad_filter = settings.stt_vad_filter
+        self.min_window_frames = round(settings.stt_min_window_s * FRAMES_PER_S)
         self.model_path: Path | None = None
         self._model: WhisperModel | None = None
         self._closed = False
@@ -418,7 +451,7 @@ class WhisperEngine:
         )
         check_device(self.device, self.compute_type)
         try:
-            model = WhisperModel(
+            model = short_window_model(WhisperModel, self.min_window_frames)(
                 str(path),
                 device=self.device,
                 compute_type=self.compute_type,
@@ -496,7 +529,7 @@ class WhisperEngine:
                 word_timestamps=req.word_timestamps,
                 vad_filter=self.vad_filter,
             )
-            segments = [_segment(i, s) for i, s in enumerate(raw_segments)]  # decoding happens here
+            segments = [_segment(i, s, float(info.duration)) for i, s in enumerate(raw_segments)]  # decoding happens here
         except ServiceError:
             raise
         except Exception as exc:
@@ -512,14 +545,20 @@ class WhisperEngine:
         )
 
 
-def _segment(index: int, s: Any) -> Segment:
+def _segment(index: int, s: Any, duration_s: float) -> Segment:
+    """One faster-whisper segment; times are kept within the audio (in a short encoder window the model
+    sometimes puts the closing timestamp in the silence after the speech, past the end)."""
+
+    def at(t: Any) -> float:
+        return round(min(float(t), duration_s), 3)
+
     words = None
     if s.words is not None:
-        words = [Word(float(w.start), float(w.end), w.word.strip(), float(w.probability)) for w in s.words]
+        words = [Word(at(w.start), at(w.end), w.word.strip(), float(w.probability)) for w in s.words]
     return Segment(
         id=index,
-        start=float(s.start),
-        end=float(s.end),
+        start=at(s.start),
+        end=at(s.end),
         text=s.text,
         avg_logprob=float(s.avg_logprob),
         no_speech_prob=float(s.no_speech_prob),

@@ -31,6 +31,7 @@ from services.stt.engine import (
     Transcript,
     TranscriptionRequest,
     WhisperEngine,
+    encoder_window,
     format_timestamp,
     to_srt,
     to_vtt,
@@ -109,6 +110,7 @@ def test_env_service_holds_exactly_the_stt_fields_at_their_defaults():
 @pytest.mark.parametrize(
     "kwargs",
     [{"stt_device": "tpu"}, {"stt_compute_type": "int4"}, {"stt_beam_size": 0}, {"stt_beam_size": 11},
+     {"stt_min_window_s": 0.5}, {"stt_min_window_s": 31},
      {"stt_max_audio_s": 0}, {"stt_cpu_threads": -1}, {"stt_model": ""}, {"preprocessor_timeout_s": 0}],
 )
 def test_bad_settings_fail_at_startup(kwargs):
@@ -134,6 +136,36 @@ def test_clean_speech_is_transcribed_within_the_wer_bound(engine, references, na
         assert 0 <= seg.start < seg.end <= result.duration_s + 0.05
         assert seg.words is None and seg.tokens and seg.avg_logprob is not None
         assert 0 <= seg.no_speech_prob <= 1
+
+
+def test_encoder_window_is_the_content_plus_a_second_within_the_bounds():
+    features = np.zeros((80, 3000), dtype=np.float32)
+    features[:, :279] = -0.7  # 2.79 s of log-mel; the rest is faster-whisper's zero padding
+    assert encoder_window(features, 100) == 400  # 279 + 100, rounded up to whole seconds
+    assert encoder_window(features, 1500) == 1500
+    features[3, 2950] = 0.2  # content nearly to the end: the full window, never more
+    assert encoder_window(features[None], 1500) == 3000
+    assert encoder_window(np.zeros((1, 80, 3000), dtype=np.float32), 1500) == 1500
+
+
+@pytest.mark.parametrize(("min_window_s", "frames"), [(15.0, 1500), (30.0, 3000)])
+def test_a_short_utterance_is_encoded_in_the_short_window(references, monkeypatch, min_window_s, frames):
+    from faster_whisper import WhisperModel
+
+    seen: list[int] = []
+    original = WhisperModel.encode
+
+    def spy(self, features):
+        seen.append(features.shape[-1])
+        return original(self, features)
+
+    monkeypatch.setattr(WhisperModel, "encode", spy)
+    eng = WhisperEngine(Settings(_env_file=None, stt_min_window_s=min_window_s))
+    asyncio.run(eng.start())
+    name = CLIPS[0]
+    result = transcribe(eng, clip(name))
+    assert seen and set(seen) == {frames}
+    assert wer(references[name], result.text) <= MAX_WER, result.text
 
 
 def test_discord_48k_stereo_int16_gives_the_same_text(engine, references):
