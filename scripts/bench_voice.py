@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval_data import pct, require_eval_data  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
-from tests.integration.fleet import orchestrator_url  # noqa: E402
+from tests.integration.fleet import orchestrator_url, wait_prompt_warmed  # noqa: E402
 
 EVAL_A = ROOT.parent / "shared" / "eval" / "A"
 STAGES = ("preprocess", "stt", "guard_input", "memory", "first_text", "agent", "guard_output", "tts", "first_audio",
@@ -147,6 +147,9 @@ def main() -> None:
     print(f"{len(wavs)} utterances from {EVAL_A}: {min(durs):.1f}-{max(durs):.1f} s, "
           f"median {statistics.median(durs):.1f} s; CPUs: {os.cpu_count()}")
     with orchestrator_url(args.url, "bench-voice-") as url:
+        t = time.perf_counter()
+        wait_prompt_warmed(url, timeout_s=600)  # the agent's prompt evaluated once on llm, as before a user's turn
+        print(f"prompt warmed up on llm in {time.perf_counter() - t:.0f} s")
         for i in range(args.warmup):
             one_turn(url, wavs[i % len(wavs)], "bench-warmup")
         for level in [int(c) for c in args.concurrency.split(",")]:

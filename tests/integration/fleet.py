@@ -137,7 +137,6 @@ class Fleet:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-@contextmanager
 def wait_prompt_warmed(url: str, model: str = "llm", timeout_s: float = 300) -> dict:
     """Wait until orchestrator-enhanced at ``url`` reports its system prompt and tools evaluated on ``model``
     (readiness component ``llm-prompt-warm-up``; ~1 min on 2 cores after llm loads). Until then a turn that
@@ -152,6 +151,7 @@ def wait_prompt_warmed(url: str, model: str = "llm", timeout_s: float = 300) -> 
     raise AssertionError(f"the prompt was never warmed up on {model} in {timeout_s} s: {ready}")
 
 
+@contextmanager
 def orchestrator_url(url: str | None, prefix: str) -> Iterator[str]:
     """orchestrator-enhanced for an evaluation or benchmark script: ``url`` when given (a running fleet), else
     `make run`'s fleet with offline defaults started on free ports (llm-flan may stay not ready), stopped on
