@@ -34,7 +34,7 @@ LOCK = ROOT / "lock"
 PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"
 # One lock file per Dockerfile's extra (services/<name>/Dockerfile installs lock/<extra>.txt).
-SERVICE_EXTRAS = ("tts", "stt", "preprocess", "llm", "flan", "bark", "guardrails", "orchestrator")
+SERVICE_EXTRAS = ("tts", "stt", "preprocess", "llm", "flan", "bark", "guardrails", "orchestrator", "ui")
 
 
 def uv() -> str:

@@ -103,20 +103,25 @@ def test_cli_exit_code():
     assert ok.returncode == 0, ok.stdout
 
 
+def host_container(mapping: object) -> str:
+    """"host:container" of a compose port mapping, without a bind address ("127.0.0.1:8080:8080")."""
+    return ":".join(str(mapping).split(":")[-2:])
+
+
 def test_every_built_service_is_a_package_whose_default_port_is_its_host_port():
     packages = service_packages()
     for name, svc in compose_services().items():
         if "build" not in svc:
             continue
         pkg = name.replace("-", "_")
-        host = int(str(svc["ports"][0]).split(":")[0])
+        host = int(host_container(svc["ports"][0]).split(":")[0])
         dockerfile = svc["build"].get("dockerfile", "")
         if pkg not in packages and dockerfile.startswith("services/"):
             # another service's code in another role (the plain orchestrator = orchestrator_enhanced with
             # ENABLE_LANGCHAIN=false): its compose environment must set the role and the port
             pkg = dockerfile.split("/")[1]
             env = svc.get("environment") or {}
-            assert str(env.get("PORT")) == str(svc["ports"][0]).split(":")[1], f"{name} must set PORT"
+            assert str(env.get("PORT")) == host_container(svc["ports"][0]).split(":")[1], f"{name} must set PORT"
             assert str(env.get("ENABLE_LANGCHAIN")).lower() == "false", f"{name} must set ENABLE_LANGCHAIN=false"
             assert pkg in packages, f"{name} builds {dockerfile}, which is no service package"
             continue
@@ -181,7 +186,7 @@ def test_readme_port_table_matches_compose():
     rows = {m[1]: m[2] for m in re.finditer(r"^\| (\S+)(?: \(compose name\))? \|[^|]*\| (\d+:\d+) \|", readme, re.M)}
     for name, svc in compose_services().items():
         assert name in rows, f"README port table lacks {name}"
-        assert rows[name] == str(svc["ports"][0]), f"README says {name} {rows[name]}, compose {svc['ports'][0]}"
+        assert rows[name] == host_container(svc["ports"][0]), f"README says {name} {rows[name]}, compose {svc['ports'][0]}"
     assert len(set(r.split(":")[0] for r in rows.values())) == len(rows), "README host ports clash"
 
 

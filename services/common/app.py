@@ -111,10 +111,10 @@ class RequestContextMiddleware:
     """Correlation id, deadline, auth, request metrics and the last-resort 500, as pure ASGI
     (streaming responses pass through untouched)."""
 
-    def __init__(self, app: ASGIApp, settings: BaseServiceSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: BaseServiceSettings, fleet_auth: bool = True) -> None:
         self.app = app
         self.settings = settings
-        self.token = settings.secret_token()
+        self.token = settings.secret_token() if fleet_auth else None
 
     def _authorized(self, headers: Headers) -> bool:
         if not self.token:
@@ -265,7 +265,10 @@ def create_service_app(
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
     version: str = "0.1.0",
+    fleet_auth: bool = True,
 ) -> FastAPI:
+    """The service's FastAPI app. ``fleet_auth=False`` is for a page people open in a browser (testing-ui),
+    which cannot send the fleet's bearer token and has its own login; the token is still sent on its calls."""
     metrics.set_service(settings.service_name)
     health = _Health(settings, components, dependencies)
 
@@ -291,7 +294,7 @@ def create_service_app(
     app.state.settings = settings
     app.state.health = health
     _install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, settings=settings)
+    app.add_middleware(RequestContextMiddleware, settings=settings, fleet_auth=fleet_auth)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:

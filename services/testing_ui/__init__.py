@@ -1,0 +1,1 @@
+"""testing-ui: the Gradio test bench where a developer speaks or types to the fleet and sees every stage."""

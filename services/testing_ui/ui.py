@@ -1,0 +1,112 @@
+"""The Gradio page (gr.Blocks): inputs on the left, what every stage did on the right, filled in while the
+streamed turn arrives. Its event handlers are plain generator functions over `FleetClient`, run by Gradio in
+worker threads (never on the event loop); ``api_name`` makes them callable with gradio_client too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from services.testing_ui.client import FleetClient, TurnView
+
+STAGE_ORDER = ("preprocess", "stt", "guard_input", "memory", "agent", "first_text", "guard_output", "tts",
+               "first_audio", "total")
+
+
+def stage_rows(view: TurnView) -> list[list[Any]]:
+    names = [s for s in STAGE_ORDER if s in view.timings] + sorted(set(view.timings) - set(STAGE_ORDER))
+    labels = {"first_text": "first answer text (since start)", "first_audio": "first audio (since start)"}
+    return [[labels.get(s, s), round(float(view.timings[s]))] for s in names]
+
+
+def details(view: TurnView) -> str:
+    """Markdown: who served the turn, each stage's engine, guardrail verdicts, tool calls, notes, errors."""
+    lines: list[str] = []
+    if view.error:
+        lines.append(f"**Error:** {view.error}")
+    if view.served_by:
+        served = f"**Served by:** {view.served_by}"
+        if view.fallback_reason:
+            served += f" (fallback: the primary could not serve it: {view.fallback_reason})"
+        lines.append(served)
+    for stage, engine in view.engines.items():
+        lines.append(f"- {stage}: {engine}")
+    if view.done and not view.error:
+        lines.append("**Guardrails:** " + (f"blocked ({view.block_reason})" if view.blocked else "passed"))
+    for call in view.tool_calls:
+        state = "ok" if call.get("ok", True) else "failed"
+        lines.append(f"- tool `{call.get('name')}` {call.get('args')} -> {state}: {call.get('result')}")
+    for note in view.notes:
+        lines.append(f"- note: {note}")
+    if not view.done:
+        lines.append("_answering..._")
+    return "\n".join(lines)
+
+
+def status_markdown(client: FleetClient) -> str:
+    rows = [f"- {name} ({url}): {state}" for name, url, state in client.status()]
+    voices, _, why = client.voices()
+    rows.append(f"- voices: {len(voices)} listed" + (f" ({why})" if why else ""))
+    return "**Fleet**\n" + "\n".join(rows)
+
+
+def build_ui(client: FleetClient) -> gr.Blocks:
+    with gr.Blocks(title="audio-orchestrator testing UI") as demo:
+        session = gr.State(FleetClient.new_session)
+        gr.Markdown("## audio-orchestrator testing UI\nSpeak, upload a recording or type; every stage of the turn "
+                    "shows up on the right as the fleet answers.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speak or upload")
+                send_voice = gr.Button("Send recording", variant="primary", elem_id="send-voice")
+                text_in = gr.Textbox(label="Or type", placeholder="What is 12 times 7?", elem_id="text-in")
+                send_text = gr.Button("Send text", variant="primary", elem_id="send-text")
+                with gr.Row():
+                    new_conversation = gr.Button("New conversation", elem_id="new-conversation")
+                    refresh = gr.Button("Check the fleet")
+                session_md = gr.Markdown()
+                fleet_md = gr.Markdown(elem_id="fleet-status")
+            with gr.Column(scale=2):
+                chat = gr.Chatbot(label="Conversation", height=320, elem_id="conversation")
+                transcript = gr.Textbox(label="Transcript", interactive=False, elem_id="transcript")
+                answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
+                spoken = gr.Audio(label="Spoken answer", type="numpy", interactive=False, elem_id="spoken")
+                stage_md = gr.Markdown(elem_id="stages")
+                timings = gr.Dataframe(headers=["stage", "ms"], label="Timings (ms)", interactive=False)
+
+        outputs = [chat, transcript, answer, spoken, stage_md, timings]
+
+        def show(view: TurnView, history: list[dict[str, str]]) -> tuple[Any, ...]:
+            said = view.transcript if view.transcript is not None else "..."
+            reply = view.answer or (f"({view.error})" if view.error else "...")
+            turn = [{"role": "user", "content": said}, {"role": "assistant", "content": reply}]
+            return (history + turn, view.transcript or "", view.answer, view.wav(), details(view), stage_rows(view))
+
+        def run(turns: Iterator[TurnView], history: list[dict[str, str]] | None) -> Iterator[tuple[Any, ...]]:
+            for view in turns:
+                yield show(view, list(history or []))
+
+        def voice_turn(path: str | None, sid: str, history: list[dict[str, str]] | None) -> Iterator[tuple[Any, ...]]:
+            if not path:
+                raise gr.Error("Record or upload some audio first.")
+            yield from run(client.voice_turn(path, sid), history)
+
+        def text_turn(text: str, sid: str, history: list[dict[str, str]] | None) -> Iterator[tuple[Any, ...]]:
+            if not (text or "").strip():
+                raise gr.Error("Type something first.")
+            yield from run(client.text_turn(text.strip(), sid), history)
+
+        def restart() -> tuple[str, list[Any], str]:
+            sid = FleetClient.new_session()
+            return sid, [], f"Conversation `{sid}`"
+
+        send_voice.click(voice_turn, [audio_in, session, chat], outputs, api_name="voice_turn")
+        send_text.click(text_turn, [text_in, session, chat], outputs, api_name="text_turn")
+        text_in.submit(text_turn, [text_in, session, chat], outputs, api_name=False)
+        new_conversation.click(restart, None, [session, chat, session_md], api_name="new_conversation")
+        refresh.click(lambda: status_markdown(client), None, fleet_md, api_name="fleet_status")
+        demo.load(lambda sid: (status_markdown(client), f"Conversation `{sid}`"), session, [fleet_md, session_md],
+                  api_name=False)
+    return demo
