@@ -55,6 +55,19 @@ Audio = Annotated[UploadFile | None, File(description="Audio: WAV, FLAC, OGG or 
 SessionForm = Annotated[str | None, Form(description=f"Conversation to continue ({_ID_RULE}).")]
 UserForm = Annotated[str | None, Form(description=f"Who speaks ({_ID_RULE}).")]
 ChannelForm = Annotated[str | None, Form(description=f"Discord channel of the turn ({_ID_RULE}).")]
+_VOICE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
+_VOICE_RULE = "a voice name from tts-bark's GET /voices (a Bark preset or a Piper voice; 1-100 of A-Z a-z 0-9 . _ / -)"
+VoiceForm = Annotated[str | None, Form(description=f"TTS voice of this turn: {_VOICE_RULE}; default TTS_VOICE.")]
+PreprocessForm = Annotated[bool | None, Form(description="Denoise this recording before stt (true/false); "
+                                                         "default ENABLE_PREPROCESSING.")]
+
+
+def _check_voice(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _VOICE.match(value):
+        raise InvalidRequestError(f"voice must be {_VOICE_RULE}; got {value[:40]!r}", param="voice")
+    return value
 
 
 def _check_id(name: str, value: str | None) -> str | None:
@@ -76,6 +89,7 @@ class TranscriptBody(BaseModel):
     channel_id: str | None = Field(None, description=f"Discord channel of the turn ({_ID_RULE}); where "
                                                      "SendDiscordMessage posts by default.")
     speak: bool = Field(False, description="Also speak the answer: base64 WAV in `audio`.")
+    voice: str | None = Field(None, description=f"TTS voice when speaking: {_VOICE_RULE}; default TTS_VOICE.")
 
     @field_validator("transcript")
     @classmethod
@@ -92,8 +106,10 @@ class TranscriptBody(BaseModel):
         return value
 
 
-def _context(session_id: str | None, user_id: str | None, channel_id: str | None) -> TurnContext:
-    return TurnContext(session_id=session_id or new_session_id(), user_id=user_id, channel_id=channel_id)
+def _context(session_id: str | None, user_id: str | None, channel_id: str | None, *, voice: str | None = None,
+             preprocess: bool | None = None) -> TurnContext:
+    return TurnContext(session_id=session_id or new_session_id(), user_id=user_id, channel_id=channel_id,
+                       voice=_check_voice(voice), preprocess=preprocess)
 
 
 def _message_json(m: BaseMessage) -> dict[str, Any]:
@@ -127,7 +143,7 @@ def create_app(settings: Settings, *, orchestrator: Orchestrator | None = None,
 
     @turns_limit
     async def text_turn(request: Request, body: TranscriptBody) -> dict[str, Any]:
-        ctx = _context(body.session_id, body.user_id, body.channel_id)
+        ctx = _context(body.session_id, body.user_id, body.channel_id, voice=body.voice)
         async with orch.gate.slot():
             result = await orch.text_turn(body.transcript, ctx, speak=body.speak)
         return result.as_json()
@@ -161,7 +177,7 @@ def create_app(settings: Settings, *, orchestrator: Orchestrator | None = None,
         return exc
 
     @turns_limit
-    async def voice(request: Request, audio: bytes, ctx: TurnContext) -> dict[str, Any]:
+    async def run_voice(request: Request, audio: bytes, ctx: TurnContext) -> dict[str, Any]:
         async with orch.gate.slot():
             try:
                 result = await orch.voice_turn(audio, ctx)
@@ -171,14 +187,15 @@ def create_app(settings: Settings, *, orchestrator: Orchestrator | None = None,
 
     @router.post("/v1/voice/turn")
     async def voice_turn(request: Request, file: Audio = None, session_id: SessionForm = None,
-                         user_id: UserForm = None, channel_id: ChannelForm = None) -> dict[str, Any]:
+                         user_id: UserForm = None, channel_id: ChannelForm = None, voice: VoiceForm = None,
+                         preprocess: PreprocessForm = None) -> dict[str, Any]:
         """One voice turn: denoise (ENABLE_PREPROCESSING) -> stt -> guardrails -> agent -> guardrails -> tts.
         Returns transcript, response, base64 WAV `audio`, tts engine and per-stage timings (ms)."""
         ctx = _context(_check_id("session_id", session_id), _check_id("user_id", user_id),
-                       _check_id("channel_id", channel_id))
+                       _check_id("channel_id", channel_id), voice=voice, preprocess=preprocess)
         audio = await read_audio(file)
         limit_by_session(request, ctx.session_id if session_id else None)
-        return await voice(request=request, audio=audio, ctx=ctx)
+        return await run_voice(request=request, audio=audio, ctx=ctx)
 
     @turns_limit
     async def voice_stream(request: Request, audio: bytes, ctx: TurnContext) -> StreamingResponse:
@@ -214,12 +231,13 @@ def create_app(settings: Settings, *, orchestrator: Orchestrator | None = None,
 
     @router.post("/v1/voice/turn/stream")
     async def voice_turn_stream(request: Request, file: Audio = None, session_id: SessionForm = None,
-                                user_id: UserForm = None, channel_id: ChannelForm = None) -> StreamingResponse:
+                                user_id: UserForm = None, channel_id: ChannelForm = None, voice: VoiceForm = None,
+                                preprocess: PreprocessForm = None) -> StreamingResponse:
         """A voice turn as Server-Sent Events: `transcript`, then per sentence `text` and `audio` (base64 WAV)
         as soon as each is ready (the first audio does not wait for the whole answer), then `done` with the
         same fields as POST /v1/voice/turn (without audio). Errors after the first event: an `error` event."""
         ctx = _context(_check_id("session_id", session_id), _check_id("user_id", user_id),
-                       _check_id("channel_id", channel_id))
+                       _check_id("channel_id", channel_id), voice=voice, preprocess=preprocess)
         audio = await read_audio(file)
         limit_by_session(request, ctx.session_id if session_id else None)
         return await voice_stream(request=request, audio=audio, ctx=ctx)

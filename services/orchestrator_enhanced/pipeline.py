@@ -62,6 +62,9 @@ class TurnResult:
     transcript: str | None = None
     audio: SpokenAudio | None = None
     notes: list[str] = field(default_factory=list)
+    denoised: bool | None = None
+    """Whether the audio was denoised before stt (False: preprocessing was asked but skipped or failed);
+    None for text turns and when preprocessing was off."""
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,6 +81,8 @@ class TurnResult:
             out["tts_engine"] = self.audio.engine
         if self.notes:
             out["notes"] = self.notes
+        if self.denoised is not None:
+            out["denoised"] = self.denoised
         return out
 
 
@@ -254,15 +259,15 @@ class Orchestrator:
             block = withheld
             if history is not None and not withheld:
                 await self._remember(ctx, clean, response)
-        audio = await self._speak(response, timer, notes) if speak else None
+        audio = await self._speak(response, timer, notes, ctx.voice) if speak else None
         return self._result(ctx, response, timer, answer=answer, block=block, transcript=transcript, notes=notes,
                             audio=audio)
 
-    async def _speak(self, text: str, timer: Timer, notes: list[str]) -> SpokenAudio | None:
+    async def _speak(self, text: str, timer: Timer, notes: list[str], voice: str | None) -> SpokenAudio | None:
         """The answer's audio; None (with a note) when no TTS could speak it: the text is not lost for that."""
         try:
             async with timer.stage("tts"):
-                return await self.speech.synthesize(text)
+                return await self.speech.synthesize(text, voice=voice)
         except ServiceError as exc:
             notes.append(self._speech_failed(exc))
             return None
@@ -273,27 +278,32 @@ class Orchestrator:
         log.error("no TTS could speak the answer: %s", exc.message)
         return f"speech unavailable: {exc.message}"
 
-    async def _listen(self, audio: bytes, timer: Timer) -> str:
-        if self.settings.enable_preprocessing:
+    async def _listen(self, audio: bytes, timer: Timer, ctx: TurnContext) -> tuple[str, bool | None]:
+        """(transcript, whether the audio was denoised; None when preprocessing was off for this turn)."""
+        denoised = None
+        if self.settings.enable_preprocessing if ctx.preprocess is None else ctx.preprocess:
             async with timer.stage("preprocess"):
-                audio, _ = await self.speech.preprocess(audio)
+                audio, denoised = await self.speech.preprocess(audio)
         async with timer.stage("stt"):
             transcript = await self.speech.transcribe(audio)
-        return transcript.text
+        return transcript.text, denoised
 
     async def voice_turn(self, audio: bytes, ctx: TurnContext) -> TurnResult:
         timer = Timer()
         try:
-            text = await self._listen(audio, timer)
+            text, denoised = await self._listen(audio, timer, ctx)
         except BaseException:
             self._count("voice", "error")
             raise
         if not text:
             notes: list[str] = []
-            spoken = await self._speak(NO_SPEECH, timer, notes)
+            spoken = await self._speak(NO_SPEECH, timer, notes, ctx.voice)
             self._count("voice", "no_speech")
-            return self._result(ctx, NO_SPEECH, timer, transcript="", audio=spoken, notes=notes)
-        return await self.text_turn(text, ctx, speak=True, kind="voice", timer=timer, transcript=text)
+            result = self._result(ctx, NO_SPEECH, timer, transcript="", audio=spoken, notes=notes)
+        else:
+            result = await self.text_turn(text, ctx, speak=True, kind="voice", timer=timer, transcript=text)
+        result.denoised = denoised
+        return result
 
     async def voice_turn_stream(self, audio: bytes, ctx: TurnContext) -> AsyncIterator[dict[str, Any]]:
         """Events of a streamed voice turn (see the module docstring); errors end it with an ``error`` event
@@ -301,13 +311,14 @@ class Orchestrator:
         timer = Timer()
         outcome = "error"
         try:
-            text = await self._listen(audio, timer)
-            yield {"event": "transcript", "text": text, "timings": dict(timer.ms)}
+            text, denoised = await self._listen(audio, timer, ctx)
+            yield {"event": "transcript", "text": text, "timings": dict(timer.ms),
+                   **({} if denoised is None else {"denoised": denoised})}
             if not text:
                 outcome = "no_speech"
                 async for event in self._speak_sentences(self._fixed(NO_SPEECH), ctx, timer, check=False):
                     yield event
-                yield {"event": "done", **self._result(ctx, NO_SPEECH, timer, transcript="").as_json()}
+                yield {"event": "done", **self._done(self._result(ctx, NO_SPEECH, timer, transcript=""), denoised)}
                 return
             notes: list[str] = []
             clean, refused = await self._check_input(text, ctx, timer)
@@ -316,7 +327,8 @@ class Orchestrator:
                 response = self._refusal(refused)
                 async for event in self._speak_sentences(self._fixed(response), ctx, timer, check=False):
                     yield event
-                yield {"event": "done", **self._result(ctx, response, timer, block=refused, transcript=text).as_json()}
+                yield {"event": "done", **self._done(self._result(ctx, response, timer, block=refused, transcript=text),
+                                                     denoised)}
                 return
             history = await self._history(ctx, timer, notes)
             holder: dict[str, Any] = {}
@@ -330,11 +342,16 @@ class Orchestrator:
             if history is not None and not withheld:
                 await self._remember(ctx, clean, response)
             outcome = "blocked" if withheld else "ok"
-            yield {"event": "done", **self._result(ctx, response, timer, answer=answer,
-                                                   block=withheld[0] if withheld else None, transcript=text,
-                                                   notes=notes).as_json()}
+            yield {"event": "done", **self._done(self._result(ctx, response, timer, answer=answer,
+                                                              block=withheld[0] if withheld else None,
+                                                              transcript=text, notes=notes), denoised)}
         finally:
             self._count("voice_stream", outcome)
+
+    @staticmethod
+    def _done(result: TurnResult, denoised: bool | None) -> dict[str, Any]:
+        result.denoised = denoised
+        return result.as_json()
 
     @staticmethod
     async def _fixed(text: str) -> AsyncIterator[str]:
@@ -375,7 +392,7 @@ class Orchestrator:
                     pass
             t = time.perf_counter()
             try:
-                audio = await self.speech.synthesize(sentence)
+                audio = await self.speech.synthesize(sentence, voice=ctx.voice)
             except ServiceError as exc:  # the text still goes out; the client is told the audio is missing
                 return _Sentence(sentence, withheld=reason, speech_error=self._speech_failed(exc))
             finally:

@@ -74,10 +74,11 @@ class Speech:
         return Transcript(text=str(body.get("text") or "").strip(), language=body.get("language"),
                           duration_s=float(body.get("duration") or 0.0))
 
-    async def synthesize(self, text: str) -> SpokenAudio:
-        """WAV of ``text`` from the primary TTS, else the fallback (see the module docstring)."""
+    async def synthesize(self, text: str, voice: str | None = None) -> SpokenAudio:
+        """WAV of ``text`` from the primary TTS in ``voice`` (default TTS_VOICE), else the fallback in its own
+        voice (see the module docstring)."""
         try:
-            return await self._primary(text)
+            return await self._primary(text, voice)
         except ServiceError as exc:
             if self.tts_fallback is None:
                 raise
@@ -95,7 +96,7 @@ class Speech:
         ORCH_FALLBACKS.labels(service(), "tts", reason).inc()
         return SpokenAudio(r.content, "tts", "piper")
 
-    async def _primary(self, text: str) -> SpokenAudio:
+    async def _primary(self, text: str, voice: str | None) -> SpokenAudio:
         deadline = context.get_deadline()
         left = deadline.remaining() if deadline is not None else None
         if left is not None and left <= 0:
@@ -104,8 +105,8 @@ class Speech:
         if self.tts_fallback is not None:
             budget = context.primary_budget(budget)
         body: dict[str, object] = {"text": text, "stream": False}
-        if self.settings.tts_voice:
-            body["voice"] = self.settings.tts_voice
+        if voice or self.settings.tts_voice:
+            body["voice"] = voice or self.settings.tts_voice
         r = await self.tts_primary.post("/synthesize", json=body, timeout_s=budget, idempotent=True)
         if r.headers.get("content-type", "").startswith("audio/"):  # a Piper tts as the primary (base fleet)
             return SpokenAudio(r.content, "tts", "piper")

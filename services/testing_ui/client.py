@@ -139,16 +139,33 @@ class FleetClient:
 
     # --- turns ------------------------------------------------------------------------------------------------
 
-    def text_turn(self, text: str, session_id: str) -> Iterator[TurnView]:
+    def config(self) -> dict[str, Any] | None:
+        """The primary orchestrator's GET /config (feature flags), None when it cannot be asked."""
+        try:
+            r = self.http.get(f"{self.targets[0][1]}/config", timeout=5)
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def text_turn(self, text: str, session_id: str, voice: str | None = None) -> Iterator[TurnView]:
         view = TurnView(kind="text", transcript=text, session_id=session_id)
-        body = {"transcript": text, "session_id": session_id, "speak": True}
+        body: dict[str, Any] = {"transcript": text, "session_id": session_id, "speak": True}
+        if voice:
+            body["voice"] = voice
         yield from self._serve(view, lambda url: self._text_at(url, body, view))
 
-    def voice_turn(self, audio_path: str | Path, session_id: str) -> Iterator[TurnView]:
+    def voice_turn(self, audio_path: str | Path, session_id: str, voice: str | None = None,
+                   preprocess: bool | None = None) -> Iterator[TurnView]:
+        """``preprocess``: denoise before stt (None: the orchestrator's ENABLE_PREPROCESSING)."""
         view = TurnView(kind="voice", session_id=session_id)
         path = Path(audio_path)
+        form: dict[str, str] = {"session_id": session_id}
+        if voice:
+            form["voice"] = voice
+        if preprocess is not None:
+            form["preprocess"] = "true" if preprocess else "false"
         data = path.read_bytes()
-        yield from self._serve(view, lambda url: self._voice_at(url, path.name, data, session_id, view))
+        yield from self._serve(view, lambda url: self._voice_at(url, path.name, data, form, view))
 
     def _serve(self, view: TurnView, attempt: Any) -> Iterator[TurnView]:
         reasons: list[str] = []
@@ -186,10 +203,11 @@ class FleetClient:
         self._finish(view, data)
         yield view
 
-    def _voice_at(self, base: str, name: str, data: bytes, session_id: str, view: TurnView) -> Iterator[TurnView]:
+    def _voice_at(self, base: str, name: str, data: bytes, form: dict[str, str],
+                  view: TurnView) -> Iterator[TurnView]:
         try:
             with self.http.stream("POST", f"{base}/v1/voice/turn/stream", files={"file": (name, data)},
-                                  data={"session_id": session_id}) as r:
+                                  data=form) as r:
                 if r.status_code >= 500:
                     r.read()
                     raise _Unavailable(_error_message(r))
@@ -213,6 +231,8 @@ class FleetClient:
     def _apply(self, view: TurnView, event: str, data: dict[str, Any]) -> bool:
         if event == "transcript":
             view.transcript = data.get("text", "")
+            if "denoised" in data:
+                view.engines["denoise"] = _denoise(data["denoised"])
         elif event == "text":
             view.sentences.append(data.get("text", ""))
         elif event == "audio":
@@ -238,6 +258,8 @@ class FleetClient:
         view.tool_calls = list(data.get("tool_calls") or [])
         view.timings = dict(data.get("timings") or {})
         view.notes += list(data.get("notes") or [])
+        if "denoised" in data:
+            view.engines["denoise"] = _denoise(data["denoised"])
         if data.get("transcript") is not None and view.transcript is None:
             view.transcript = data["transcript"]
         view.engines["llm"] = data.get("llm_engine") or ("none (answered before the LLM)" if view.blocked
@@ -245,6 +267,10 @@ class FleetClient:
         if data.get("tts_service"):
             view.engines["tts"] = f"{data['tts_service']} ({data.get('tts_engine')})"
         view.engines["agent"] = data.get("mode", "")
+
+
+def _denoise(denoised: bool) -> str:
+    return "audio-preprocessor (denoised)" if denoised else "audio-preprocessor (left as recorded: clean, or unavailable)"
 
 
 def _sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:

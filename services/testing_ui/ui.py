@@ -60,6 +60,11 @@ def build_ui(client: FleetClient) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speak or upload")
+                voice = gr.Dropdown(label="Voice (tts-bark: Bark presets, then Piper voices)", choices=[],
+                                    allow_custom_value=True, elem_id="voice")
+                denoise = gr.Checkbox(label="Denoise recordings before stt (audio-preprocessor)", value=True,
+                                      elem_id="denoise")
+                guard_md = gr.Markdown()
                 send_voice = gr.Button("Send recording", variant="primary", elem_id="send-voice")
                 text_in = gr.Textbox(label="Or type", placeholder="What is 12 times 7?", elem_id="text-in")
                 send_text = gr.Button("Send text", variant="primary", elem_id="send-text")
@@ -88,25 +93,37 @@ def build_ui(client: FleetClient) -> gr.Blocks:
             for view in turns:
                 yield show(view, list(history or []))
 
-        def voice_turn(path: str | None, sid: str, history: list[dict[str, str]] | None) -> Iterator[tuple[Any, ...]]:
+        def voice_turn(path: str | None, sid: str, history: list[dict[str, str]] | None, voice_name: str | None = None,
+                       denoised: bool = True) -> Iterator[tuple[Any, ...]]:
             if not path:
                 raise gr.Error("Record or upload some audio first.")
-            yield from run(client.voice_turn(path, sid), history)
+            yield from run(client.voice_turn(path, sid, voice=voice_name or None, preprocess=denoised), history)
 
-        def text_turn(text: str, sid: str, history: list[dict[str, str]] | None) -> Iterator[tuple[Any, ...]]:
+        def text_turn(text: str, sid: str, history: list[dict[str, str]] | None,
+                      voice_name: str | None = None) -> Iterator[tuple[Any, ...]]:
             if not (text or "").strip():
                 raise gr.Error("Type something first.")
-            yield from run(client.text_turn(text.strip(), sid), history)
+            yield from run(client.text_turn(text.strip(), sid, voice=voice_name or None), history)
+
+        def on_load(sid: str) -> tuple[Any, ...]:
+            names, default, _ = client.voices()
+            config = client.config()
+            guard = ("**Guardrails:** " + ("on" if config["enable_guardrails"] else "off") + " on orchestrator-enhanced"
+                     " (ENABLE_GUARDRAILS, a deployment setting: a page switch would let anyone bypass them)"
+                     if config else "**Guardrails:** orchestrator-enhanced cannot be asked right now")
+            denoise_default = bool(config["enable_preprocessing"]) if config else True
+            return (status_markdown(client), f"Conversation `{sid}`",
+                    gr.Dropdown(choices=names, value=default if default in names else None), guard,
+                    gr.Checkbox(value=denoise_default))
 
         def restart() -> tuple[str, list[Any], str]:
             sid = FleetClient.new_session()
             return sid, [], f"Conversation `{sid}`"
 
-        send_voice.click(voice_turn, [audio_in, session, chat], outputs, api_name="voice_turn")
-        send_text.click(text_turn, [text_in, session, chat], outputs, api_name="text_turn")
-        text_in.submit(text_turn, [text_in, session, chat], outputs, api_name=False)
+        send_voice.click(voice_turn, [audio_in, session, chat, voice, denoise], outputs, api_name="voice_turn")
+        send_text.click(text_turn, [text_in, session, chat, voice], outputs, api_name="text_turn")
+        text_in.submit(text_turn, [text_in, session, chat, voice], outputs, api_name=False)
         new_conversation.click(restart, None, [session, chat, session_md], api_name="new_conversation")
         refresh.click(lambda: status_markdown(client), None, fleet_md, api_name="fleet_status")
-        demo.load(lambda sid: (status_markdown(client), f"Conversation `{sid}`"), session, [fleet_md, session_md],
-                  api_name=False)
+        demo.load(on_load, session, [fleet_md, session_md, voice, guard_md, denoise], api_name=False)
     return demo

@@ -173,6 +173,42 @@ def test_a_dead_preprocessor_is_skipped_and_the_raw_audio_transcribed(tmp_path, 
     assert fallbacks("preprocess", "unavailable") == before + 1
 
 
+def test_preprocessing_is_chosen_per_turn_and_reported(tmp_path, speech_urls):
+    stt, tts = speech_urls
+    before = fallbacks("preprocess", "unavailable")
+    with orchestrator(tmp_path, ScriptedChatModel(script=[say("ok")]), stt, tts, enable_preprocessing=True,
+                      preprocessor_url=DEAD) as url:
+        off = httpx.post(f"{url}/v1/voice/turn", files={"file": ("a.wav", SPEECH.read_bytes())},
+                         data={"preprocess": "false"}, timeout=120).json()
+        on = httpx.post(f"{url}/v1/voice/turn", files={"file": ("a.wav", SPEECH.read_bytes())},
+                        data={"preprocess": "true"}, timeout=120).json()
+        bad = httpx.post(f"{url}/v1/voice/turn", files={"file": ("a.wav", SPEECH.read_bytes())},
+                         data={"preprocess": "maybe"}, timeout=120)
+    assert "preprocess" not in off["timings"] and "denoised" not in off  # not asked: never called
+    assert "preprocess" in on["timings"] and on["denoised"] is False  # asked, the preprocessor is down: raw audio
+    assert fallbacks("preprocess", "unavailable") == before + 1
+    assert bad.status_code == 422 and "preprocess" in bad.text
+
+
+def test_the_turns_voice_goes_to_the_primary_tts(tmp_path, speech_urls):
+    """Piper's tts as the primary (as in the base fleet): its own voice is used; a voice it does not have is
+    refused there and the fallback speaks (counted), so the words are never lost; a malformed name is a 422."""
+    stt, tts = speech_urls
+    reasons = ("error", "unavailable", "circuit_open", "timeout")
+    before = sum(fallbacks("tts", r) for r in reasons)
+    with orchestrator(tmp_path, ScriptedChatModel(script=[say("Hello.")]), stt, tts, tts_primary_url=tts) as url:
+        joe = httpx.post(f"{url}/mcp/transcript", json={"transcript": "Hi", "speak": True,
+                                                         "voice": "en_US-joe-medium"}, timeout=120).json()
+        unknown = httpx.post(f"{url}/mcp/transcript", json={"transcript": "Hi", "speak": True,
+                                                             "voice": "no-such-voice"}, timeout=120).json()
+        bad = httpx.post(f"{url}/v1/voice/turn", files={"file": ("a.wav", SPEECH.read_bytes())},
+                         data={"voice": "../../etc/passwd;"}, timeout=120)
+    assert joe["tts_service"] == "tts" and decode(joe["audio"])[1] > 0.2
+    assert unknown["response"] == "Hello." and decode(unknown["audio"])[1] > 0.2
+    assert sum(fallbacks("tts", r) for r in reasons) == before + 1  # the primary refused the voice only
+    assert bad.status_code == 422 and "voice must be" in bad.json()["error"]["message"]
+
+
 def test_no_tts_at_all_still_delivers_the_words(tmp_path, speech_urls):
     """Both TTS down: the answer is not lost; it comes as text, with a note / an audio_error event."""
     stt, _ = speech_urls

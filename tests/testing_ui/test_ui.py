@@ -49,8 +49,9 @@ def speech_urls() -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def orchestrator(tmp_path: Path, model: ScriptedChatModel, stt: str, tts: str, name: str, **kw) -> Iterator[str]:
+    kw.setdefault("enable_preprocessing", False)
     settings = OrchSettings(_env_file=None, stt_url=stt, tts_primary_url=DEAD, tts_fallback_url=tts,
-                            enable_preprocessing=False, enable_guardrails=False, llm_fallback_url=None,
+                            enable_guardrails=False, llm_fallback_url=None,
                             memory_db_path=tmp_path / f"{name}.sqlite3", breaker_reset_s=600, **kw)
     agent = Agent(settings, primary=model, fallback=None, tools=build_tools(settings),
                   system_prompt=load_system_prompt(settings))
@@ -116,6 +117,18 @@ def test_a_text_turn_answers_and_speaks(tmp_path, speech_urls):
         *_, view = FleetClient(ui_settings(url)).text_turn("What is the capital of France?", "s-3")
     assert view.answer == "Paris." and view.transcript == "What is the capital of France?"
     assert view.wav() is not None and view.done and view.error is None
+
+
+def test_the_denoise_switch_and_voice_go_with_the_turn(tmp_path, speech_urls):
+    stt, tts = speech_urls
+    with orchestrator(tmp_path, ScriptedChatModel(script=[say("Fine.")]), stt, tts, "primary",
+                      enable_preprocessing=True, preprocessor_url=DEAD) as url:
+        client = FleetClient(ui_settings(url))
+        *_, asked = client.voice_turn(SPEECH, "s-8", preprocess=True, voice="en_US-joe-medium")
+        *_, off = client.voice_turn(SPEECH, "s-8", preprocess=False)
+    assert asked.engines["denoise"].startswith("audio-preprocessor (left as recorded") and "preprocess" in asked.timings
+    assert "denoise" not in off.engines and "preprocess" not in off.timings
+    assert asked.answer == "Fine." and asked.wav() is not None  # a voice the primary (dead here) would have used
 
 
 def test_refused_input_shows_the_orchestrators_message_and_no_fallback(tmp_path, speech_urls):
@@ -190,7 +203,7 @@ def test_gradio_client_voice_turn_returns_transcript_answer_and_playable_audio(u
     with orchestrator(tmp_path, ScriptedChatModel(script=[say("Going forward ten meters. Done.")]), stt, tts,
                       "open") as url, serve_in_thread(create_app(ui_settings(url))) as page:
         client = Client(page, verbose=False)
-        chat, transcript, answer, spoken, stages, timings = client.predict(handle_file(str(SPEECH)), [],
+        chat, transcript, answer, spoken, stages, timings = client.predict(handle_file(str(SPEECH)), [], "", True,
                                                                            api_name="/voice_turn")
     assert "forward" in transcript.lower() and answer == "Going forward ten meters. Done."
     audio, rate = sf.read(spoken)
@@ -205,7 +218,7 @@ def test_gradio_client_text_turn_and_a_new_conversation(tmp_path, speech_urls):
     with orchestrator(tmp_path, ScriptedChatModel(script=[say("Paris.")]), stt, tts, "open") as url, \
             serve_in_thread(create_app(ui_settings(url))) as page:
         client = Client(page, verbose=False)
-        chat, _, answer, spoken, _, _ = client.predict("Capital of France?", [], api_name="/text_turn")
+        chat, _, answer, spoken, _, _ = client.predict("Capital of France?", [], "", api_name="/text_turn")
         cleared, label = client.predict(api_name="/new_conversation")  # the session id itself is page state
     assert answer == "Paris." and spoken and text_of(chat[-1]) == "Paris."
     assert cleared == [] and "Conversation `ui-" in label
