@@ -266,7 +266,7 @@ class FleetClient:
                                                           else "none (local intent)")
         if data.get("tts_service"):
             view.engines["tts"] = f"{data['tts_service']} ({data.get('tts_engine')})"
-        view.engines["agent"] = data.get("mode", "")
+        view.engines["mode"] = data.get("mode", "")
 
 
 def _denoise(denoised: bool) -> str:

@@ -23,26 +23,27 @@ def stage_rows(view: TurnView) -> list[list[Any]]:
 
 def details(view: TurnView) -> str:
     """Markdown: who served the turn, each stage's engine, guardrail verdicts, tool calls, notes, errors."""
-    lines: list[str] = []
+    blocks: list[str] = []
     if view.error:
-        lines.append(f"**Error:** {view.error}")
+        blocks.append(f"**Error:** {view.error}")
     if view.served_by:
         served = f"**Served by:** {view.served_by}"
         if view.fallback_reason:
             served += f" (fallback: the primary could not serve it: {view.fallback_reason})"
-        lines.append(served)
-    for stage, engine in view.engines.items():
-        lines.append(f"- {stage}: {engine}")
+        blocks.append(served)
+    if view.engines:
+        blocks.append("\n".join(f"- {stage}: {engine}" for stage, engine in view.engines.items()))
     if view.done and not view.error:
-        lines.append("**Guardrails:** " + (f"blocked ({view.block_reason})" if view.blocked else "passed"))
-    for call in view.tool_calls:
-        state = "ok" if call.get("ok", True) else "failed"
-        lines.append(f"- tool `{call.get('name')}` {call.get('args')} -> {state}: {call.get('result')}")
-    for note in view.notes:
-        lines.append(f"- note: {note}")
+        blocks.append("**Guardrails:** " + (f"blocked ({view.block_reason})" if view.blocked else "passed"))
+    if view.tool_calls:
+        blocks.append("**Tools:**\n" + "\n".join(
+            f"- `{c.get('name')}` {c.get('args')} -> {'ok' if c.get('ok', True) else 'failed'}: {c.get('result')}"
+            for c in view.tool_calls))
+    if view.notes:
+        blocks.append("\n".join(f"- note: {note}" for note in view.notes))
     if not view.done:
-        lines.append("_answering..._")
-    return "\n".join(lines)
+        blocks.append("_answering..._")
+    return "\n\n".join(blocks)
 
 
 def status_markdown(client: FleetClient) -> str:
@@ -59,7 +60,8 @@ def build_ui(client: FleetClient) -> gr.Blocks:
                     "shows up on the right as the fleet answers.")
         with gr.Row():
             with gr.Column(scale=1):
-                audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speak or upload")
+                audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speak or upload",
+                                    elem_id="audio-in")
                 voice = gr.Dropdown(label="Voice (tts-bark: Bark presets, then Piper voices)", choices=[],
                                     allow_custom_value=True, elem_id="voice")
                 denoise = gr.Checkbox(label="Denoise recordings before stt (audio-preprocessor)", value=True,
