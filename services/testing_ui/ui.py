@@ -81,7 +81,8 @@ def build_ui(client: FleetClient) -> gr.Blocks:
                 answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
                 spoken = gr.Audio(label="Spoken answer", type="numpy", interactive=False, elem_id="spoken")
                 stage_md = gr.Markdown(elem_id="stages")
-                timings = gr.Dataframe(headers=["stage", "ms"], label="Timings (ms)", interactive=False)
+                timings = gr.Dataframe(headers=["stage", "ms"], label="Timings (ms)", interactive=False,
+                                       elem_id="timings")
 
         outputs = [chat, transcript, answer, spoken, stage_md, timings]
 
