@@ -7,7 +7,8 @@ it, `ToolCalled` for each tool call that ran, and finally one `AgentAnswer`. `Ag
 the deltas.
 
 Before the LLM, `services.orchestrator_enhanced.intents.match` may recognise the request as a local intent
-(time, date, arithmetic, a unit conversion): the tool runs at once, no model is asked (``llm_engine`` is
+(time, date, arithmetic, a unit conversion, a calculation on the previous answer, thanks, "what can you do?",
+something it cannot do): the tool, if any, runs at once, no model is asked (``llm_engine`` is
 ``local-intent``), and the turn otherwise looks like one where the model called that tool.
 
 What the user hears is exactly `AgentAnswer.text`, the concatenation of the deltas, which pass through a
@@ -224,7 +225,8 @@ class Agent:
         if not text.strip():
             raise InvalidRequestError("the transcript is empty", param="transcript")
         if self.settings.local_intents:
-            intent = intents.match(text, {t.name for t in self.tools})
+            previous = next((_text_of(m.content) for m in reversed(history) if isinstance(m, AIMessage)), None)
+            intent = intents.match(text, {t.name for t in self.tools}, previous)
             if intent is not None and (intent.tool is None or intent.tool in self.local_tools):
                 async for event in self._local(intent):
                     yield event
@@ -283,10 +285,10 @@ class Agent:
 
     async def _local(self, intent: intents.Intent) -> AsyncIterator[AgentEvent]:
         """A local intent's turn: its tool's answer (or the answer computed by the intent), no LLM."""
-        if intent.tool is None:  # something the assistant cannot do: no tool ran
+        if intent.tool is None:  # small talk, or something the assistant cannot do: no tool ran
             spoken = SpokenFilter()
             yield TextDelta(spoken.add(intent.answer or NO_ANSWER))
-            log.info("local intent: cannot do, answered without the LLM")
+            log.info("local intent without a tool (small talk or cannot do), answered without the LLM")
             yield AgentAnswer(text=spoken.text, llm_engine=LOCAL_ENGINE, messages=[AIMessage(spoken.text)])
             return
         if intent.answer is not None:

@@ -8,6 +8,10 @@ rule does not recognise as a whole goes to the agent unchanged.
   square root of 81") -> the Calculator tool;
 - **unit conversions**: "how many metres are in 5 kilometres?", "convert 70 degrees Fahrenheit to Celsius"
   (length, mass, time, volume, temperature) -> an exact answer computed here;
+- **a calculation on the previous answer**: "now add 8 to that", "multiply it by 3", "plus 5", "double that",
+  when the assistant's previous answer was a number ("6 times 7 is 42.") -> the Calculator tool on that number;
+- **small talk about the assistant**: thanks -> "You're welcome."; "what can you do?", "who are you?" -> what
+  this assistant can do here, from the tools it is offered (a model cannot know which are configured);
 - **what the assistant cannot do**: commands for timers, alarms and reminders, devices (lights, thermostat,
   locks), media ("play ...") and phone calls, and, while their tools are not offered, web look-ups (search,
   news, weather, prices, scores) and sending messages -> one honest sentence saying so (no tool, no model,
@@ -95,7 +99,8 @@ def _time_intent(text: str) -> Intent | None:
 
 _NUM = r"(?:-?\d[\d,]*(?:\.\d+)?|[a-z]+(?:[ -][a-z]+){0,4}?)"
 _VERBS = [
-    (re.compile(rf"^(?:add|sum) (?P<a>{_NUM}) (?:and|to|plus) (?P<b>{_NUM})$"), "{a} plus {b}"),
+    (re.compile(rf"^add (?P<a>{_NUM}) to (?P<b>{_NUM})$"), "{b} plus {a}"),
+    (re.compile(rf"^(?:add|sum) (?P<a>{_NUM}) (?:and|plus) (?P<b>{_NUM})$"), "{a} plus {b}"),
     (re.compile(rf"^subtract (?P<a>{_NUM}) from (?P<b>{_NUM})$"), "{b} minus {a}"),
     (re.compile(rf"^take (?P<a>{_NUM}) (?:away )?from (?P<b>{_NUM})$"), "{b} minus {a}"),
     (re.compile(rf"^multiply (?P<a>{_NUM}) (?:by|and|with) (?P<b>{_NUM})$"), "{a} times {b}"),
@@ -271,6 +276,64 @@ def _cannot_intent(text: str, offered: frozenset[str]) -> Intent | None:
     return None
 
 
+# --- a calculation on the previous answer -------------------------------------------------------------------
+
+_RESULT = re.compile(r"\bis (?:about )?(?P<n>-?\d[\d,]*(?:\.\d+)?)(?: [a-z][a-z ]*)?\.?$", re.IGNORECASE)
+_LEAD = re.compile(r"^(?:(?:now|and|then|ok|okay|so)[,]?\s+)+")
+_REF = re.compile(r"\b(?:that|it|this|the result|the answer|that number|the number)\b")
+_ON_OPERATOR = re.compile(r"^(?:plus|minus|times|multiplied by|divided by|over|to the power of|squared)\b")
+_SCALE = {"double": "2 times {n}", "triple": "3 times {n}", "halve": "{n} divided by 2", "half of": "{n} divided by 2",
+          "square": "{n} squared"}
+
+
+def _previous_number(previous: str | None) -> str | None:
+    """The number the previous answer ended on ("6 times 7 is 42." -> "42"), or None."""
+    m = _RESULT.search((previous or "").strip())
+    return m.group("n").replace(",", "") if m else None
+
+
+def _follow_up_intent(text: str, previous: str | None) -> Intent | None:
+    number = _previous_number(previous)
+    if number is None:
+        return None
+    text = _LEAD.sub("", text)
+    for word, template in _SCALE.items():
+        if re.fullmatch(rf"{word} (?:that|it|this|the result|the answer)", text):
+            return _arithmetic_intent(template.format(n=number))
+    if _ON_OPERATOR.match(text):  # "plus 5", "times 3"
+        return _arithmetic_intent(f"{number} {text}")
+    if not _REF.search(text):
+        return None
+    return _arithmetic_intent(_REF.sub(number, text, count=1))
+
+
+# --- small talk about the assistant ---------------------------------------------------------------------------
+
+_THANKS = re.compile(r"^(?:thanks|thank you|many thanks|cheers)(?: (?:so|very) much| a lot| a bunch)?"
+                     r"(?: for (?:your help|the help|helping(?: me)?|that|this|everything|the answer|all (?:the|your) help))?"
+                     r"(?:,? (?:that's all|that is all|that's it|bye|goodbye))?$")
+_SELF = re.compile(r"^(?:who are you|what are you|what(?:'s| is) your name|what can you do|what are you able to do"
+                   r"|what (?:can|do) you (?:help (?:me )?with|know how to do)|how can you help(?: me)?"
+                   r"|what can i ask(?: you)?|introduce yourself|about yourself|what do you do)$")
+_CAN = [("Calculator", "do arithmetic and unit conversions"), ("GetCurrentTime", "tell you the time and date anywhere"),
+        ("SearchWeb", "search the web"), ("SendDiscordMessage", "send messages to Discord")]
+
+
+def describe_self(tools: frozenset[str]) -> str:
+    """What this assistant can do, from the tools it is offered."""
+    can = ["answer questions from what I know"] + [what for name, what in _CAN if name in tools]
+    listed = can[0] if len(can) == 1 else ", ".join(can[:-1]) + " and " + can[-1]
+    return f"I'm a voice assistant running on this computer. I can {listed}."
+
+
+def _small_talk_intent(text: str, tools: frozenset[str]) -> Intent | None:
+    if _THANKS.match(text):
+        return Intent(None, answer="You're welcome.")
+    if _SELF.match(text):
+        return Intent(None, answer=describe_self(tools))
+    return None
+
+
 # --- which tools a request may need -----------------------------------------------------------------------
 
 _NUMBER_WORDS = (r"two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\w+teen|twenty|thirty|forty|fifty|"
@@ -294,11 +357,13 @@ def offered(transcript: str, tools: list[str]) -> list[str]:
     return [name for name in tools if name not in _NEEDS or _NEEDS[name].search(text)]
 
 
-def match(transcript: str, tools: frozenset[str] | set[str] = frozenset()) -> Intent | None:
+def match(transcript: str, tools: frozenset[str] | set[str] = frozenset(), previous: str | None = None) -> Intent | None:
     """The local intent ``transcript`` is, or None (then the agent answers). ``tools``: the tools the agent's
-    model is offered (a web look-up or a message is something the assistant cannot do without its tool)."""
+    model is offered (a web look-up or a message is something the assistant cannot do without its tool);
+    ``previous``: the assistant's previous answer in this conversation, if any (for "add 8 to that")."""
     text = normalise(transcript)
     if not text or len(text) > 200:
         return None
     return (_time_intent(text) or _conversion_intent(text) or _arithmetic_intent(text)
+            or _follow_up_intent(text, previous) or _small_talk_intent(text, frozenset(tools))
             or _cannot_intent(text, frozenset(tools)))

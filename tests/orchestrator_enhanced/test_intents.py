@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from langchain_core.messages import HumanMessage
 
 from services.orchestrator_enhanced.agent import LOCAL_ENGINE, Agent, TextDelta, ToolCalled, load_system_prompt
 from services.orchestrator_enhanced.intents import Intent, match, offered
@@ -61,7 +62,9 @@ def test_unit_conversions_are_answered_exactly(text, answer):
     "How many people live in Paris?",
     "How many legs does a spider have?",
     "What time is it in Narnia?",  # no such zone: the model may still know what is meant
-    "Now add 8 to that.",  # needs the previous turn: the model's job
+    "Now add 8 to that.",  # no previous answer to add to: the model's job
+    "Thanks, but what about Spain?",
+    "What can you do about the noise?",
     "Tell me a joke.",
     "Call me Alex from now on.",
     "What is a stock?",
@@ -111,6 +114,60 @@ async def test_local_intents_also_answer_in_direct_mode():
     agent = make_agent(model, enable_langchain=False)
     assert agent.tools == [] and agent.mode == "direct"
     assert (await agent.run("What is 6 times 7?", [], CTX)).text == "6 times 7 is 42." and model.calls == []
+
+
+@pytest.mark.parametrize(("previous", "text", "expression"), [
+    ("6 times 7 is 42.", "Now add 8 to that.", "42 plus 8"),
+    ("6 times 7 is 42.", "And multiply it by 3", "42 times 3"),
+    ("6 times 7 is 42.", "plus five", "42 plus five"),
+    ("6 times 7 is 42.", "What's that divided by 2?", "what's 42 divided by 2"),
+    ("144 divided by 12 is 12.", "Double that.", "2 times 12"),
+    ("5 kilometres is 5,000 metres.", "Subtract 200 from that", "5000 minus 200"),
+    ("The answer is 1,234.5.", "now take 34.5 away from it", "1234.5 minus 34.5"),
+])
+def test_a_calculation_on_the_previous_answer_is_recognised(previous, text, expression):
+    assert match(text, previous=previous) == Intent("Calculator", {"expression": expression})
+
+
+@pytest.mark.parametrize(("previous", "text"), [
+    ("The capital of France is Paris.", "Now add 8 to that."),  # no number to work on
+    ("It's 5:17 PM on Saturday, 5 December 2026 in UTC.", "Add 8 to that."),  # a date is not a result
+    ("Water boils at 100 degrees Celsius.", "Double that."),
+    ("6 times 7 is 42.", "Is that right?"),
+    ("6 times 7 is 42.", "What is it?"),
+    ("6 times 7 is 42.", "Convert that to Roman numerals."),
+    (None, "Plus five."),
+])
+def test_a_follow_up_without_a_number_to_work_on_goes_to_the_model(previous, text):
+    assert match(text, previous=previous) is None
+
+
+async def test_memory_carries_a_calculation_into_the_next_turn():
+    model = ScriptedChatModel(script=[say("the model must not be asked")])
+    agent = make_agent(model)
+    first = await agent.run("What is 6 times 7?", [], CTX)
+    history = [HumanMessage("What is 6 times 7?"), *first.messages]
+    second = await agent.run("Now add 8 to that.", history, CTX)
+    assert second.text == "42 plus 8 is 50." and second.llm_engine == LOCAL_ENGINE and model.calls == []
+    third = await agent.run("Now add 8 to that.", [], CTX)  # a new conversation: nothing to add to
+    assert third.text == "the model must not be asked" and len(model.calls) == 1
+
+
+@pytest.mark.parametrize("text", ["Thanks!", "Thank you so much.", "Thanks for your help!", "Cheers, that's all."])
+def test_thanks_are_answered_without_the_model(text):
+    assert match(text) == Intent(None, answer="You're welcome.")
+
+
+async def test_what_the_assistant_can_do_follows_its_tools():
+    model = ScriptedChatModel()
+    plain = await make_agent(model).run("What can you do?", [], CTX)
+    assert plain.text == ("I'm a voice assistant running on this computer. I can answer questions from what I know, "
+                          "do arithmetic and unit conversions and tell you the time and date anywhere.")
+    searching = await make_agent(model, search_url="http://127.0.0.1:9/search").run("Who are you?", [], CTX)
+    assert "search the web" in searching.text and "Discord" not in searching.text
+    direct = await make_agent(model, enable_langchain=False).run("what can you do", [], CTX)
+    assert direct.text == "I'm a voice assistant running on this computer. I can answer questions from what I know."
+    assert model.calls == []
 
 
 @pytest.mark.parametrize(("text", "says"), [
