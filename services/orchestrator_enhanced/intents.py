@@ -310,7 +310,8 @@ def _follow_up_intent(text: str, previous: str | None) -> Intent | None:
 # --- small talk about the assistant ---------------------------------------------------------------------------
 
 _THANKS = re.compile(r"^(?:thanks|thank you|many thanks|cheers)(?: (?:so|very) much| a lot| a bunch)?"
-                     r"(?: for (?:your help|the help|helping(?: me)?|that|this|everything|the answer|all (?:the|your) help))?"
+                     r"(?: for (?:your help|the help|helping(?: me)?|that|this|everything|the answer"
+                     r"|all (?:the|your) help))?"
                      r"(?:,? (?:that's all|that is all|that's it|bye|goodbye))?$")
 _SELF = re.compile(r"^(?:who are you|what are you|what(?:'s| is) your name|what can you do|what are you able to do"
                    r"|what (?:can|do) you (?:help (?:me )?with|know how to do)|how can you help(?: me)?"
@@ -323,7 +324,7 @@ def describe_self(tools: frozenset[str]) -> str:
     """What this assistant can do, from the tools it is offered."""
     can = ["answer questions from what I know"] + [what for name, what in _CAN if name in tools]
     listed = can[0] if len(can) == 1 else ", ".join(can[:-1]) + " and " + can[-1]
-    return f"I'm a voice assistant running on this computer. I can {listed}."
+    return f"I'm Atlas, a voice assistant running on this computer. I can {listed}."  # the name in prompts/v2.0.md
 
 
 def _small_talk_intent(text: str, tools: frozenset[str]) -> Intent | None:
@@ -357,7 +358,8 @@ def offered(transcript: str, tools: list[str]) -> list[str]:
     return [name for name in tools if name not in _NEEDS or _NEEDS[name].search(text)]
 
 
-def match(transcript: str, tools: frozenset[str] | set[str] = frozenset(), previous: str | None = None) -> Intent | None:
+def match(transcript: str, tools: frozenset[str] | set[str] = frozenset(),
+          previous: str | None = None) -> Intent | None:
     """The local intent ``transcript`` is, or None (then the agent answers). ``tools``: the tools the agent's
     model is offered (a web look-up or a message is something the assistant cannot do without its tool);
     ``previous``: the assistant's previous answer in this conversation, if any (for "add 8 to that")."""

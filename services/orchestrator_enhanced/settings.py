@@ -59,7 +59,7 @@ class Settings(BaseServiceSettings):
     """Model name sent to the primary LLM."""
 
     llm_fallback_url: str | None = "http://127.0.0.1:8000"
-    """Fallback LLM (llm: Qwen2.5-Coder-1.5B on llama.cpp), used when the primary fails, times out or is known down.
+    """Fallback LLM (llm: Qwen2.5-Coder-0.5B on llama.cpp), used when the primary fails, times out or is known down.
     Empty: no fallback."""
 
     llm_fallback_model: str = "llm"

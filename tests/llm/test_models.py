@@ -61,7 +61,7 @@ def test_a_missing_package_names_what_to_install():
 
 
 def test_every_bundled_model_is_installed_and_the_default_is_qwen_1_5b():
-    assert Settings(_env_file=None).llm_bundled_model == "qwen2.5-coder-1.5b"
+    assert Settings(_env_file=None).llm_bundled_model == "qwen2.5-coder-0.5b"
     for key, model in BUNDLED.items():
         assert model_id(Settings(_env_file=None, llm_bundled_model=key)) == model.model_id
         assert len(parts(model)) == len(model.packages)

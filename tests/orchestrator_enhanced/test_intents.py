@@ -161,12 +161,13 @@ def test_thanks_are_answered_without_the_model(text):
 async def test_what_the_assistant_can_do_follows_its_tools():
     model = ScriptedChatModel()
     plain = await make_agent(model).run("What can you do?", [], CTX)
-    assert plain.text == ("I'm a voice assistant running on this computer. I can answer questions from what I know, "
-                          "do arithmetic and unit conversions and tell you the time and date anywhere.")
+    assert plain.text == ("I'm Atlas, a voice assistant running on this computer. I can answer questions from "
+                          "what I know, do arithmetic and unit conversions and tell you the time and date anywhere.")
     searching = await make_agent(model, search_url="http://127.0.0.1:9/search").run("Who are you?", [], CTX)
     assert "search the web" in searching.text and "Discord" not in searching.text
     direct = await make_agent(model, enable_langchain=False).run("what can you do", [], CTX)
-    assert direct.text == "I'm a voice assistant running on this computer. I can answer questions from what I know."
+    assert direct.text == ("I'm Atlas, a voice assistant running on this computer. "
+                           "I can answer questions from what I know.")
     assert model.calls == []
 
 
