@@ -1,6 +1,6 @@
 """What the assistant answers, on a real model: the agent as the service builds it (prompt v2.0, tools, tool
 selection, local intents, spoken filter) against the llm service serving the bundled Qwen2.5-Coder-0.5B-Instruct
-(the smallest bundled model that answers plain questions; the default 1.5B answers the same, slower). These
+(the default bundled model; the 1.5B answers the same, slower). These
 pin the behaviours that depend on the model: a fact from its own knowledge without a tool, one short answer
 said once, a follow-up that needs the previous turn. scripts/eval_assistant.py measures the same on 70 requests.
 """
